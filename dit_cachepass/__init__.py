@@ -1,0 +1,20 @@
+"""dit_cachepass: cache diffusion-transformer block work across denoising steps, as a
+torch.compile graph pass.
+
+    import dit_cachepass as dcp
+    pipe.transformer = dcp.compile(pipe.transformer, dcp.DBCacheConfig(Fn_compute_blocks=8))
+    print(dcp.summary(pipe.transformer))
+"""
+
+from .api import ExplainReport, LoopReport, compile, disable, explain, refresh, summary
+from .config import DBCacheConfig, FBCacheConfig, TaylorSeerCalibratorConfig
+from .patterns import ForwardPattern
+from .session import UnsupportedModelError
+from .stats import Summary
+
+__version__ = "0.1.0"
+__all__ = [
+    "DBCacheConfig", "FBCacheConfig", "TaylorSeerCalibratorConfig", "ForwardPattern",
+    "compile", "disable", "refresh", "summary", "explain", "ExplainReport", "LoopReport",
+    "Summary", "UnsupportedModelError",
+]

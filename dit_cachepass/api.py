@@ -1,0 +1,156 @@
+"""Front door: ``compile``, ``disable``, ``refresh``, ``summary``, ``explain``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .backend import analyse, build, _SESSIONS
+from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .session import Session
+from .stats import Summary
+
+_ATTR = "_dit_cachepass"
+
+
+def _list_lengths(module: torch.nn.Module) -> dict[str, int]:
+    return {name: len(m) for name, m in module.named_modules()
+            if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential))}
+
+
+def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
+            calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+            backend: str = "inductor", strict: bool = False) -> torch.nn.Module:
+    """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
+
+    Returns the same module object with its ``forward`` replaced, so a pipeline keeps using
+    its ``.config``, ``.dtype``, hooks and attributes. Parameters are never modified.
+    ``backend``: "inductor" (default), "aot_eager" or "eager" (debugging, fast CPU tests).
+    ``strict=True`` raises instead of running uncached when no loop can be cached.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
+    if calibrator_config is not None:
+        raise NotImplementedError(
+            "calibrator_config (TaylorSeer) is not implemented yet; pass calibrator_config=None.")
+    if hasattr(module, _ATTR):
+        disable(module)
+    session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module))
+    session.previous_forward = module.__dict__.get("forward")
+    compiled = torch.compile(module.forward, backend=lambda gm, ex: build(gm, ex, session), dynamic=False)
+    module.forward = compiled
+    setattr(module, _ATTR, session)
+    return module
+
+
+def _session(obj: Any) -> Session:
+    s = getattr(obj, _ATTR, None)
+    if s is None and hasattr(obj, "_orig_mod"):  # torch.compile(..., backend="dit_cache")
+        callback = getattr(getattr(obj, "dynamo_ctx", None), "callback", None)
+        options = getattr(callback, "kwargs", {}).get("options")
+        if options is not None and id(options) in _SESSIONS:
+            s = _SESSIONS[id(options)][1]
+    if s is None:
+        raise ValueError(f"{type(obj).__name__} is not compiled by dit_cachepass: call "
+                         "dit_cachepass.compile(module, config) or torch.compile(module, backend='dit_cache').")
+    return s
+
+
+def disable(module: torch.nn.Module) -> torch.nn.Module:
+    """Restore the module's original forward and drop all cache state."""
+    session = _session(module)
+    if session.previous_forward is not None:
+        module.forward = session.previous_forward
+    else:
+        del module.forward
+    delattr(module, _ATTR)
+    return module
+
+
+def refresh(module: torch.nn.Module) -> None:
+    """Start a new generation at the next call (no cached value of the old one is reused)."""
+    _session(module).refresh()
+
+
+def summary(module: Any) -> Summary:
+    """Per-loop cached/computed steps and diffs of the current generation."""
+    s = _session(module)
+    return Summary.from_states(s.states, s.config.strify())
+
+
+@dataclass
+class LoopReport:
+    name: str
+    lists: list[str]
+    pattern: int
+    patterns: dict[str, int]
+    fn_blocks: list[str]
+    middle_blocks: list[str]
+    bn_blocks: list[str]
+    streams: int
+
+    def __str__(self) -> str:
+        def rng(b: list[str]) -> str:
+            return "-" if not b else b[0] if len(b) == 1 else f"{b[0]} .. {b[-1]} ({len(b)})"
+
+        pats = ", ".join(f"{k}: P{v}" for k, v in self.patterns.items())
+        return (f"loop {self.name} [{pats}; {self.streams} stream(s)]\n"
+                f"    Fn: {rng(self.fn_blocks)}\n    middle (cached): {rng(self.middle_blocks)}\n"
+                f"    Bn: {rng(self.bn_blocks)}")
+
+
+@dataclass
+class ExplainReport:
+    loops: list[LoopReport]
+    graphs: int
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.loops)
+
+    def __str__(self) -> str:
+        lines = [f"dit_cachepass.explain: {self.graphs} graph(s), {len(self.loops)} cached loop(s)"]
+        lines += [str(l) for l in self.loops]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  not cached: {r}" for r in self.reasons + self.skipped]
+        if not self.loops:
+            lines.append("  -> the model would run uncached (strict=True raises)")
+        return "\n".join(lines)
+
+
+def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheConfig] = None,
+            **kwargs: Any) -> ExplainReport:
+    """Trace ``module(*args, **kwargs)`` once and report the loops found, the pattern of
+    each, the Fn / middle / Bn split, or why nothing matched. Runs the model eagerly once."""
+    existing = getattr(module, _ATTR, None)
+    config = cache_config or (existing.config if existing else DBCacheConfig())
+    session = Session(config, backend="eager", list_lengths=_list_lengths(module))
+    reports = []
+
+    def backend(gm, ex):
+        reports.append(analyse(gm, ex, session)[2])
+        return gm.forward
+
+    forward = existing.previous_forward if existing and existing.previous_forward else type(module).forward.__get__(module)
+    with torch.no_grad():
+        torch.compile(forward, backend=backend, dynamic=False)(*args, **kwargs)
+    rep = ExplainReport(loops=[], graphs=len(reports))
+    for r in reports:
+        rep.reasons += r.reasons
+        rep.notes += r.notes
+        rep.skipped += r.skipped
+        for lp in r.loops:
+            names = [str(b.ref) for b in lp.loop.blocks]
+            pats = {k: int(v) for k, v in lp.loop.patterns.items()}
+            rep.loops.append(LoopReport(lp.name, lp.loop.lists, next(iter(pats.values())), pats,
+                                        names[lp.fn.start:lp.fn.stop], names[lp.middle.start:lp.middle.stop],
+                                        names[lp.bn.start:lp.bn.stop], len(lp.loop.threads)))
+    if len(reports) > 1:
+        rep.notes.append(f"{len(reports)} graphs: dynamo broke the forward into pieces "
+                         "(torch._dynamo.explain lists why); only loops whole inside one graph are cached")
+    return rep

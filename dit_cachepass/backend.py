@@ -1,0 +1,62 @@
+"""The ``dit_cache`` dynamo backend: capture -> match -> plan -> rewrite -> lower -> run.
+
+``torch.compile(m, backend="dit_cache", options={"cache_config": cfg})`` finds this
+function through the ``torch_dynamo_backends`` entry point; ``dit_cachepass.compile``
+calls ``build`` directly with a session it owns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch.fx as fx
+
+from .capture import capture
+from .lower import compile_graph
+from .matcher import match
+from .plan import plan
+from .rewrite import split
+from .runtime.executor import Runner
+from .session import GraphReport, Session
+
+_OPTION_KEYS = {"cache_config", "backend", "strict"}
+_SESSIONS: dict[int, tuple[dict, Session]] = {}
+
+
+def analyse(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session):
+    cap = capture(gm, example_inputs)
+    found = match(cap, session.config.loop_layout, session.list_lengths)
+    cplan = plan(found.loops, session.config)
+    report = GraphReport(len(cap.order), cplan.loops, found.reasons, found.notes, cplan.skipped)
+    return cap, cplan, report
+
+
+def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -> Callable:
+    cap, cplan, report = analyse(gm, example_inputs, session)
+    session.graphs.append(report)
+    if not cplan.loops:
+        session.no_loop(report)
+        return compile_graph(gm, example_inputs, session.backend)
+    prog = split(cap, cplan)
+    report.pieces = prog.pieces
+    return Runner(prog, session, [lp.name for lp in cplan.loops], session.backend)
+
+
+def session_for_options(options: Optional[dict]) -> Session:
+    """One session per ``options`` dict, so ``dit_cachepass.summary`` can find it again."""
+    options = options if options is not None else {}
+    unknown = set(options) - _OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown dit_cache option(s) {sorted(unknown)}: expected {sorted(_OPTION_KEYS)}")
+    key = id(options)
+    if key not in _SESSIONS or _SESSIONS[key][0] is not options:
+        session = Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
+                          strict=options.get("strict", False))
+        _SESSIONS[key] = (options, session)
+    return _SESSIONS[key][1]
+
+
+def dit_cache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
+                      options: Optional[dict] = None, mode: Optional[str] = None) -> Callable:
+    """Dynamo backend entry point (``backend="dit_cache"``)."""
+    return build(gm, example_inputs, session_for_options(options))

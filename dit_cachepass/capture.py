@@ -1,0 +1,100 @@
+"""Capture: a dynamo FX graph -> the same graph with every op attributed to a block.
+
+Dynamo records, for each op, the stack of modules it was called from
+(``nn_module_stack``). The outermost entry that is an indexed child (``<list>.<i>``) names
+the block; ops with no such entry are glue around (or inside) the loop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+_DICT_MODULES = re.compile(r"\.__dict__\['_modules'\]\['([^']+)'\]")
+_ITEM = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
+_CHILD = re.compile(r"^(?P<list>.+)\.(?P<idx>\d+)$")
+_GLOBAL_STATE_TARGETS = ("_enter_autocast", "_exit_autocast", "_set_grad_enabled", "set_grad_enabled")
+
+
+def normalize_module_path(raw: str) -> str:
+    """``L['self'].__dict__['_modules']['blocks'].0.attn`` -> ``blocks.0.attn``."""
+    path = raw
+    for prefix in ("L['self']", "L['fn']", "self"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+            break
+    path = _DICT_MODULES.sub(r".\1", path)
+    path = path.replace("._modules", "")
+    path = _ITEM.sub(lambda m: "." + (m.group(1) or m.group(2)), path)
+    return path.strip(".")
+
+
+@dataclass(frozen=True, order=True)
+class BlockRef:
+    """One call of one block: ``list_path`` names the ModuleList, ``index`` the child."""
+
+    list_path: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.list_path}.{self.index}"
+
+
+@dataclass
+class CapturedGraph:
+    """A dynamo graph plus, for each attributed op, the block it belongs to."""
+
+    gm: fx.GraphModule
+    example_inputs: Sequence[Any]
+    block_of: dict[fx.Node, BlockRef]
+    block_class: dict[str, type]  # list path -> class of its blocks
+    top_level: dict[str, bool]  # list path -> called directly from the root forward
+    params: set[fx.Node]  # placeholders that are parameters or buffers
+    order: dict[fx.Node, int]  # position of each node in the graph
+    global_state_nodes: list[fx.Node] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.gm.graph.nodes)
+
+
+def _is_param(node: fx.Node, example: Any) -> bool:
+    if isinstance(example, torch.nn.Parameter):
+        return True
+    return "_parameters_" in node.name or "_buffers_" in node.name
+
+
+def capture(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> CapturedGraph:
+    """Attribute ops of a dynamo-produced graph to blocks (no graph changes)."""
+    block_of: dict[fx.Node, BlockRef] = {}
+    block_class: dict[str, type] = {}
+    top_level: dict[str, bool] = {}
+    params: set[fx.Node] = set()
+    order: dict[fx.Node, int] = {}
+    global_state: list[fx.Node] = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, ex in zip(placeholders, example_inputs):
+        if _is_param(node, ex):
+            params.add(node)
+    for pos, node in enumerate(gm.graph.nodes):
+        order[node] = pos
+        if node.op in ("call_function", "call_method") and any(
+                getattr(node.target, "__name__", str(node.target)).endswith(t) for t in _GLOBAL_STATE_TARGETS):
+            global_state.append(node)
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        for depth, (raw, cls) in enumerate(stack.values()):
+            m = _CHILD.match(normalize_module_path(raw))
+            if m is None:
+                continue
+            ref = BlockRef(m.group("list"), int(m.group("idx")))
+            block_of[node] = ref
+            block_class.setdefault(ref.list_path, cls)
+            top_level[ref.list_path] = top_level.get(ref.list_path, True) and depth == 0
+            break
+    return CapturedGraph(gm, example_inputs, block_of, block_class, top_level, params, order, global_state)

@@ -1,0 +1,145 @@
+"""User-facing configs. Field names and defaults follow cache-dit 1.5.3 so configs port
+over unchanged; every config validates itself on construction and names the bad field."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
+
+
+def _fail(cls: str, name: str, value: Any, expected: str) -> None:
+    raise ValueError(f"{cls}.{name}={value!r} is invalid: expected {expected}.")
+
+
+def _check_int(cls: str, name: str, value: Any, lo: int, hi: Optional[int] = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        rng = f"an int >= {lo}" if hi is None else f"an int in [{lo}, {hi}]"
+        _fail(cls, name, value, rng)
+
+
+def _check_float(cls: str, name: str, value: Any, lo: float, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    try:
+        v = float(value)  # accepts 0-d tensors like cache-dit does
+    except (TypeError, ValueError):
+        _fail(cls, name, value, f"a float >= {lo}")
+    if math.isnan(v) or v < lo or math.isinf(v):
+        _fail(cls, name, value, f"a finite float >= {lo}")
+
+
+@dataclass
+class DBCacheConfig:
+    """Dual-Block Cache: always compute the first ``Fn_compute_blocks`` and last
+    ``Bn_compute_blocks`` blocks of a loop; skip the middle while the relative L1 change
+    of the Fn residual since the last computed step stays below ``residual_diff_threshold``.
+
+    ``Fn_compute_blocks=1, Bn_compute_blocks=0`` is FBCache (first-block cache).
+    Counts are clipped to the loop length at plan time (the plan reports the clipping).
+    """
+
+    Fn_compute_blocks: int = 8
+    Bn_compute_blocks: int = 0
+    residual_diff_threshold: float = 0.08
+    max_accumulated_residual_diff_threshold: Optional[float] = None
+    max_warmup_steps: int = 8
+    warmup_interval: int = 1
+    max_cached_steps: int = -1
+    max_continuous_cached_steps: int = -1
+    enable_separate_cfg: Optional[bool] = None
+    cfg_compute_first: bool = False
+    cfg_diff_compute_separate: bool = True
+    num_inference_steps: Optional[int] = None
+    steps_computation_mask: Optional[Sequence[int]] = None
+    steps_computation_policy: Literal["dynamic", "static"] = "dynamic"
+    # dit_cachepass additions (not in cache-dit):
+    #: loop layout: "auto" lets the matcher choose (chain consecutive lists when streams
+    #: pass straight through, as cache-dit does for FLUX.1), "per_list" caches each list
+    #: separately, "chain" forces one loop over all consecutive main lists.
+    loop_layout: Literal["auto", "per_list", "chain"] = "auto"
+    #: start a new generation when the timestep input jumps back up.
+    detect_new_generation: bool = True
+
+    cache_type: str = field(default="DBCache", init=False)
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_int(name, "Fn_compute_blocks", self.Fn_compute_blocks, 1)
+        _check_int(name, "Bn_compute_blocks", self.Bn_compute_blocks, 0)
+        _check_float(name, "residual_diff_threshold", self.residual_diff_threshold, 0.0)
+        _check_float(name, "max_accumulated_residual_diff_threshold",
+                     self.max_accumulated_residual_diff_threshold, 0.0, allow_none=True)
+        _check_int(name, "max_warmup_steps", self.max_warmup_steps, 0)
+        _check_int(name, "warmup_interval", self.warmup_interval, 1)
+        _check_int(name, "max_cached_steps", self.max_cached_steps, -1)
+        _check_int(name, "max_continuous_cached_steps", self.max_continuous_cached_steps, -1)
+        if self.num_inference_steps is not None:
+            _check_int(name, "num_inference_steps", self.num_inference_steps, 1)
+        if self.steps_computation_mask is not None:
+            mask = list(self.steps_computation_mask)
+            if not mask or any(v not in (0, 1) for v in mask):
+                _fail(name, "steps_computation_mask", self.steps_computation_mask,
+                      "a non-empty list of 0/1 values (1 = compute)")
+            self.steps_computation_mask = mask
+        if self.steps_computation_policy not in ("dynamic", "static"):
+            _fail(name, "steps_computation_policy", self.steps_computation_policy, "'dynamic' or 'static'")
+        if self.loop_layout not in ("auto", "per_list", "chain"):
+            _fail(name, "loop_layout", self.loop_layout, "'auto', 'per_list' or 'chain'")
+        if self.enable_separate_cfg:
+            raise ValueError(
+                f"{name}.enable_separate_cfg=True is not supported yet: separate-CFG branch keying "
+                "is tracked in the algorithms issue. Use batched CFG (one call per step) or leave it None.")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.residual_diff_threshold)
+
+    def update(self, **kwargs: Any) -> "DBCacheConfig":
+        """Return a copy with the given fields replaced (validated again)."""
+        return dataclasses.replace(self, **kwargs)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def strify(self) -> str:
+        """cache-dit's compact tag, e.g. ``DBCache_F8B0_W8I1M0MC0_R0.08``."""
+        s = (f"{self.cache_type}_F{self.Fn_compute_blocks}B{self.Bn_compute_blocks}_"
+             f"W{self.max_warmup_steps}I{self.warmup_interval}M{max(0, self.max_cached_steps)}"
+             f"MC{max(0, self.max_continuous_cached_steps)}_R{self.threshold:g}")
+        if self.steps_computation_mask is not None:
+            s += f"_SCM{''.join(map(str, self.steps_computation_mask))}_{self.steps_computation_policy}"
+        if self.num_inference_steps is not None:
+            s += f"_N{self.num_inference_steps}"
+        return s
+
+
+def FBCacheConfig(residual_diff_threshold: float = 0.08, **kwargs: Any) -> DBCacheConfig:
+    """First-Block Cache = DBCache with F1B0."""
+    return DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
+                         residual_diff_threshold=residual_diff_threshold, **kwargs)
+
+
+@dataclass
+class TaylorSeerCalibratorConfig:
+    """On cached steps, forecast the middle's residual with a Taylor expansion built from
+    finite differences over the last computed steps, instead of reusing it unchanged."""
+
+    taylorseer_order: int = 1
+    enable_calibrator: bool = True
+    enable_encoder_calibrator: bool = True
+    calibrator_cache_type: Literal["residual", "hidden_states"] = "residual"
+    calibrator_type: str = field(default="taylorseer", init=False)
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_int(name, "taylorseer_order", self.taylorseer_order, 0, 8)
+        if self.calibrator_cache_type not in ("residual", "hidden_states"):
+            _fail(name, "calibrator_cache_type", self.calibrator_cache_type, "'residual' or 'hidden_states'")
+
+    def strify(self) -> str:
+        return f"T1O{self.taylorseer_order}"

@@ -1,0 +1,151 @@
+"""Rewrite: split the graph into ``pre | Fn | middle | Bn | post`` pieces per loop.
+
+Every op gets the segment of its block (Fn / middle / Bn of loop k); an op outside the
+blocks gets the latest segment among its inputs, and never one earlier than the loop it
+follows. Because a segment is never lower than its inputs' segments, running the pieces in
+segment order respects every data dependency, and glue inside the loop (a control hint
+added after block 5, a perceiver between blocks) lands in the middle by construction.
+Values live in a flat environment of slots: graph arguments first, then piece outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+from .capture import CapturedGraph
+from .plan import CachePlan
+
+_ROLE_OFFSET = {"Fn": 1, "middle": 2, "Bn": 3}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A reference to an environment slot inside the output structure."""
+
+    index: int
+
+
+@dataclass
+class Piece:
+    kind: str  # "glue" | "Fn" | "middle" | "Bn"
+    loop: Optional[int]
+    gm: fx.GraphModule
+    inputs: list[int]
+    outputs: list[int]
+
+    def __repr__(self) -> str:
+        nodes = sum(1 for n in self.gm.graph.nodes if n.op not in ("placeholder", "output"))
+        where = f" loop {self.loop}" if self.loop is not None else ""
+        return f"Piece({self.kind}{where}, {nodes} ops, {len(self.inputs)} in, {len(self.outputs)} out)"
+
+
+@dataclass
+class MiddleSpec:
+    """What the runtime needs to skip one loop's middle piece."""
+
+    hidden_in0: int  # hidden stream entering the loop's first block
+    hidden_inF: int  # hidden stream entering the middle (= leaving Fn)
+    residual_pairs: list[tuple[int, int]]  # (middle input slot, middle output slot)
+    value_outputs: list[int]  # middle outputs reused as stored values
+
+
+@dataclass
+class SplitProgram:
+    pieces: list[Piece]
+    n_args: int
+    n_slots: int
+    output: Any  # the graph's output structure with slots in place of nodes
+    middles: dict[int, MiddleSpec] = field(default_factory=dict)
+    arg_names: list[str] = field(default_factory=list)
+
+
+def _segments(cap: CapturedGraph, cplan: CachePlan) -> dict[fx.Node, int]:
+    role_seg: dict[fx.Node, int] = {}
+    ends = []
+    for k, lp in enumerate(cplan.loops):
+        for i, block in enumerate(lp.loop.blocks):
+            for node in block.nodes:
+                role_seg[node] = 4 * k + _ROLE_OFFSET[lp.role(i)]
+        ends.append(cap.order[lp.loop.blocks[-1].last])
+    seg: dict[fx.Node, int] = {}
+    for node in cap.gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        floor = max((4 * k + 4 for k, end in enumerate(ends) if cap.order[node] > end), default=0)
+        own = role_seg.get(node, floor)
+        seg[node] = max([own] + [seg[a] for a in node.all_input_nodes if a in seg])
+    return seg
+
+
+def _kind(s: int) -> tuple[str, Optional[int]]:
+    if s % 4 == 0:
+        return "glue", None
+    return {1: "Fn", 2: "middle", 3: "Bn"}[s % 4], s // 4
+
+
+def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
+    gm = cap.gm
+    seg = _segments(cap, cplan)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    slot: dict[fx.Node, int] = {n: i for i, n in enumerate(placeholders)}
+    next_slot = len(placeholders)
+    pieces: list[Piece] = []
+    by_seg: dict[int, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node in seg:
+            by_seg.setdefault(seg[node], []).append(node)
+    for s in sorted(by_seg):
+        members = by_seg[s]
+        inside = set(members)
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        inputs: list[int] = []
+        for node in members:
+            for a in node.all_input_nodes:
+                if a not in inside and a not in env:
+                    ph = g.placeholder(a.name)
+                    ph.meta = dict(a.meta)
+                    env[a] = ph
+                    inputs.append(slot[a])
+            env[node] = g.node_copy(node, lambda a: env[a])
+        exported = [n for n in members if any(u not in inside for u in n.users)]
+        g.output(tuple(env[n] for n in exported))
+        outputs = []
+        for n in exported:
+            slot[n] = next_slot
+            outputs.append(next_slot)
+            next_slot += 1
+        kind, loop = _kind(s)
+        pieces.append(Piece(kind, loop, fx.GraphModule(gm, g), inputs, outputs))
+    out_node = gm.graph.output_node()
+    output = fx.node.map_arg(out_node.args[0], lambda n: Slot(slot[n]))
+    prog = SplitProgram(pieces, len(placeholders), next_slot, output,
+                        arg_names=[p.name for p in placeholders])
+    for k, lp in enumerate(cplan.loops):
+        prog.middles[k] = _middle_spec(k, lp, prog, slot)
+    return prog
+
+
+def _middle_spec(k: int, lp, prog: SplitProgram, slot: dict[fx.Node, int]) -> MiddleSpec:
+    loop, f, n = lp.loop, lp.middle.start, len(lp.loop)
+    middle = next(p for p in prog.pieces if p.kind == "middle" and p.loop == k)
+    mid_out = set(middle.outputs)
+    pairs: list[tuple[int, int]] = []
+    for t in loop.threads:
+        src = t.inputs[f]
+        dst = t.inputs[lp.bn.start] if len(lp.bn) else t.outputs[n - 1]
+        if src is None or dst is None or slot.get(dst) not in mid_out:
+            continue
+        pairs.append((slot[src], slot[dst]))
+    paired = {o for _, o in pairs}
+    hidden = loop.threads[loop.hidden]
+    return MiddleSpec(
+        hidden_in0=slot[hidden.inputs[0]],
+        hidden_inF=slot[hidden.inputs[f]],
+        residual_pairs=pairs,
+        value_outputs=[o for o in middle.outputs if o not in paired],
+    )

@@ -1,0 +1,60 @@
+"""Run: execute the pieces in order; before each middle, ask the loop's state whether to
+compute it or to rebuild its outputs from the cached residuals."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from ..lower import LazyCompiled
+from ..rewrite import Slot, SplitProgram
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+
+class Runner:
+    """The callable the dynamo backend returns for one captured graph."""
+
+    def __init__(self, prog: SplitProgram, session: "Session", loop_names: list[str], backend: str):
+        self.prog, self.session = prog, session
+        self.fns = [LazyCompiled(p.gm, backend) for p in prog.pieces]
+        self.states = [session.state(name) for name in loop_names]
+        self.timestep_slot = next(
+            (i for i, n in enumerate(prog.arg_names) if "timestep" in n.lower()), None)
+
+    def __call__(self, *args: Any) -> Any:
+        prog = self.prog
+        env: list[Any] = [None] * prog.n_slots
+        env[: prog.n_args] = args
+        if self.timestep_slot is not None:
+            self.session.observe_timestep(args[self.timestep_slot])
+        self.session.begin_call()
+        for piece, fn in zip(prog.pieces, self.fns):
+            if piece.kind == "middle":
+                self._middle(piece, fn, env)
+            else:
+                for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
+                    env[s] = v
+        return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
+
+    def _middle(self, piece, fn, env: list[Any]) -> None:
+        spec = self.prog.middles[piece.loop]
+        state = self.states[piece.loop]
+        fn_residual = env[spec.hidden_inF] - env[spec.hidden_in0]
+        ins = [env[i] for i, _ in spec.residual_pairs]
+        d = state.decide(fn_residual, ins)
+        if d.cache:
+            for (_, o), x, r in zip(spec.residual_pairs, ins, state.residuals):
+                env[o] = x + r
+            for o, v in zip(spec.value_outputs, state.values):
+                env[o] = v
+        else:
+            for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
+                env[s] = v
+            state.store(fn_residual,
+                        [env[o] - x for (_, o), x in zip(spec.residual_pairs, ins)],
+                        [env[o] for o in spec.value_outputs])
+        state.record(d)

@@ -1,0 +1,95 @@
+"""Per-loop cache state for one compiled module: buffers, counters and the step record.
+
+One ``LoopState`` per cached loop, keyed by loop name in the session, so a recompiled
+graph (new shapes) finds the same state and its shape checks force a full compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..config import DBCacheConfig
+from .policy import DBCachePolicy, Decision
+
+
+@dataclass
+class StepRecord:
+    step: int
+    cached: bool
+    reason: str
+    diff: Optional[float]
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
+def rel_l1(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """sum|cur - prev| / sum|prev| in fp32 (== cache-dit's mean/mean); 0-d device tensor.
+
+    A zero denominator gives inf (or NaN), which the policy treats as "compute"."""
+    # TODO(kernels): dispatch to dit_cachepass.kernels.rel_l1_diff once it lands
+    c, p = cur.float(), prev.float()
+    return (c - p).abs().sum() / p.abs().sum()
+
+
+@dataclass
+class LoopState:
+    name: str
+    config: DBCacheConfig
+    step: int = 0
+    generation: int = 0
+    fn_reference: Optional[torch.Tensor] = None
+    residuals: list[torch.Tensor] = field(default_factory=list)
+    values: list[object] = field(default_factory=list)
+    continuous: int = 0
+    accumulated: float = 0.0
+    records: list[StepRecord] = field(default_factory=list)
+    history: list[list[StepRecord]] = field(default_factory=list)  # finished generations
+
+    def __post_init__(self) -> None:
+        self.policy = DBCachePolicy(self.config)
+
+    @property
+    def cached_steps(self) -> list[int]:
+        return [r.step for r in self.records if r.cached]
+
+    def new_generation(self) -> None:
+        """Forget every buffer and counter (cache-dit keeps some; see docs/differences.md)."""
+        if self.records:
+            self.history.append(self.records)
+        self.records = []
+        self.step, self.continuous, self.accumulated = 0, 0, 0.0
+        self.fn_reference, self.residuals, self.values = None, [], []
+        self.generation += 1
+
+    def decide(self, fn_residual: torch.Tensor, stream_inputs: list[torch.Tensor]) -> Decision:
+        ref = self.fn_reference
+        usable = (
+            ref is not None
+            and _same_layout(ref, fn_residual)
+            and len(self.residuals) == len(stream_inputs)
+            and all(_same_layout(r, x) for r, x in zip(self.residuals, stream_inputs))
+        )
+        d = self.policy.decide(
+            self.step, len(self.cached_steps), self.continuous, self.accumulated, usable,
+            lambda: float(rel_l1(fn_residual, ref)),
+        )
+        if ref is not None and not usable and d.reason == "no-reference":
+            d = Decision(False, "shape-change")
+        return d
+
+    def record(self, d: Decision) -> None:
+        self.records.append(StepRecord(self.step, d.cache, d.reason, d.diff))
+        if d.diff is not None and d.diff > 0:
+            self.accumulated += d.diff
+        self.continuous = self.continuous + 1 if d.cache else 0
+        self.step += 1
+
+    def store(self, fn_residual: torch.Tensor, residuals: list[torch.Tensor], values: list[object]) -> None:
+        self.fn_reference = fn_residual
+        self.residuals = residuals
+        self.values = values

@@ -1,0 +1,100 @@
+"""A session is the cache state of one compiled module: the config, one ``LoopState`` per
+loop (shared by every graph dynamo compiles for that module), generation tracking, and
+what the pass found in each graph (for ``explain``/``summary``)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .config import DBCacheConfig
+from .lower import check_backend
+from .runtime.state import LoopState
+
+log = logging.getLogger("dit_cachepass")
+
+
+class UnsupportedModelError(RuntimeError):
+    """Raised in strict mode when the pass finds nothing it can cache."""
+
+
+@dataclass
+class GraphReport:
+    """What capture/match/plan found in one dynamo graph."""
+
+    n_ops: int
+    loops: list[Any]  # LoopPlan
+    reasons: list[str]
+    notes: list[str]
+    skipped: list[str]
+    pieces: list[Any] = field(default_factory=list)
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.loops)
+
+
+class Session:
+    def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
+                 strict: bool = False, list_lengths: Optional[dict[str, int]] = None):
+        self.config = config if config is not None else DBCacheConfig()
+        if not isinstance(self.config, DBCacheConfig):
+            raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
+        self.backend = check_backend(backend)
+        self.strict = strict
+        self.list_lengths = list_lengths
+        self.states: dict[str, LoopState] = {}
+        self.graphs: list[GraphReport] = []
+        self.calls = 0  # transformer calls in the current generation
+        self.generation = 0
+        self._last_timestep: Optional[float] = None
+        self._pending_reset = False
+
+    def __repr__(self) -> str:
+        loops = ", ".join(self.states) or "none yet"
+        return (f"Session({self.config.strify()}, backend={self.backend!r}, loops=[{loops}], "
+                f"generation={self.generation}, calls={self.calls})")
+
+    # -- state --------------------------------------------------------------------------
+    def state(self, name: str) -> LoopState:
+        if name not in self.states:
+            self.states[name] = LoopState(name, self.config)
+        return self.states[name]
+
+    def refresh(self) -> None:
+        """Start a new generation at the next call."""
+        self._pending_reset = True
+
+    def observe_timestep(self, t: Any) -> None:
+        if not (self.config.detect_new_generation and isinstance(t, torch.Tensor) and t.numel()):
+            return
+        value = float(t.reshape(-1)[0])
+        if self._last_timestep is not None and value > self._last_timestep + 1e-6 * max(1.0, abs(value)):
+            self._pending_reset = True
+        self._last_timestep = value
+
+    def begin_call(self) -> None:
+        n = self.config.num_inference_steps
+        if self._pending_reset or (n is not None and self.calls >= n):
+            self._new_generation()
+        self.calls += 1
+
+    def _new_generation(self) -> None:
+        self._pending_reset = False
+        if self.calls:
+            self.generation += 1
+            for s in self.states.values():
+                s.new_generation()
+        self.calls = 0
+
+    # -- reporting ----------------------------------------------------------------------
+    def no_loop(self, report: GraphReport) -> None:
+        why = "; ".join(report.reasons + report.skipped) or "no block loop found"
+        msg = f"dit_cachepass: running this graph uncached: {why}"
+        if self.strict:
+            raise UnsupportedModelError(msg + " (strict=True)")
+        warnings.warn(msg, stacklevel=3)
