@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import types
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from .backend import analyse, build, _SESSIONS
 from .config import DBCacheConfig, TaylorSeerCalibratorConfig
-from .session import Session
+from .session import Session, UnsupportedModelError
 from .stats import Summary
 
 _ATTR = "_dit_cachepass"
@@ -18,6 +21,23 @@ _ATTR = "_dit_cachepass"
 def _list_lengths(module: torch.nn.Module) -> dict[str, int]:
     return {name: len(m) for name, m in module.named_modules()
             if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential))}
+
+
+def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Callable:
+    """The module's forward on a private copy of its code object.
+
+    Dynamo keeps one compile cache per code object, with a recompile limit (8) shared by
+    every instance of the class; past it, it silently runs eager, i.e. uncached. A private
+    code object gives each compiled module its own cache and its own graphs.
+    """
+    if prior is not None:  # an instance-level forward set by someone else (accelerate hooks...)
+        return prior
+    fn = type(module).forward
+    code = fn.__code__.replace()
+    clone = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    clone.__kwdefaults__ = fn.__kwdefaults__
+    functools.update_wrapper(clone, fn)
+    return clone.__get__(module)
 
 
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
@@ -39,8 +59,22 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
         disable(module)
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module))
     session.previous_forward = module.__dict__.get("forward")
-    compiled = torch.compile(module.forward, backend=lambda gm, ex: build(gm, ex, session), dynamic=False)
-    module.forward = compiled
+    compiled = torch.compile(_isolated_forward(module, session.previous_forward), backend=lambda gm, ex: build(gm, ex, session),
+                             dynamic=False)
+
+    @functools.wraps(compiled)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = compiled(*args, **kwargs)
+        if not session.graphs and not session.warned_no_graph:
+            session.warned_no_graph = True
+            msg = ("dit_cachepass: dynamo ran this forward without compiling it (recompile limit "
+                   "reached or compilation disabled), so it ran uncached")
+            if strict:
+                raise UnsupportedModelError(msg)
+            warnings.warn(msg, stacklevel=2)
+        return out
+
+    module.forward = forward
     setattr(module, _ATTR, session)
     return module
 
@@ -48,8 +82,10 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
 def _session(obj: Any) -> Session:
     s = getattr(obj, _ATTR, None)
     if s is None and hasattr(obj, "_orig_mod"):  # torch.compile(..., backend="dit_cache")
-        callback = getattr(getattr(obj, "dynamo_ctx", None), "callback", None)
-        options = getattr(callback, "kwargs", {}).get("options")
+        wrapper = getattr(getattr(obj, "dynamo_ctx", None), "callback", None)
+        while hasattr(wrapper, "_torchdynamo_orig_backend"):
+            wrapper = wrapper._torchdynamo_orig_backend
+        options = (getattr(wrapper, "kwargs", None) or {}).get("options")
         if options is not None and id(options) in _SESSIONS:
             s = _SESSIONS[id(options)][1]
     if s is None:
@@ -123,6 +159,21 @@ class ExplainReport:
         return "\n".join(lines)
 
 
+def _graph_breaks(module: torch.nn.Module, prior: Optional[Callable], args: tuple, kwargs: dict) -> list[str]:
+    """Why dynamo cannot capture the forward in one graph (its first graph break), if it can't."""
+    try:
+        with torch.no_grad():
+            torch.compile(_isolated_forward(module, prior), backend="eager", fullgraph=True)(*args, **kwargs)
+    except Exception as err:  # dynamo's Unsupported / UserError carry the reason and location
+        lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+        where = next((l for l in lines if l.startswith("File ")), "")
+        return [f"graph break: {lines[0] if lines else type(err).__name__} {where}".strip(),
+                "a graph break inside the block loop keeps the loop out of every graph; try "
+                "torch._dynamo.config.capture_scalar_outputs=True / capture_dynamic_output_shape_ops=True, "
+                "or remove the data-dependent Python branch"]
+    return []
+
+
 def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheConfig] = None,
             **kwargs: Any) -> ExplainReport:
     """Trace ``module(*args, **kwargs)`` once and report the loops found, the pattern of
@@ -136,7 +187,8 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
         reports.append(analyse(gm, ex, session)[2])
         return gm.forward
 
-    forward = existing.previous_forward if existing and existing.previous_forward else type(module).forward.__get__(module)
+    prior = existing.previous_forward if existing is not None else module.__dict__.get("forward")
+    forward = _isolated_forward(module, prior)
     with torch.no_grad():
         torch.compile(forward, backend=backend, dynamic=False)(*args, **kwargs)
     rep = ExplainReport(loops=[], graphs=len(reports))
@@ -150,6 +202,8 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
             rep.loops.append(LoopReport(lp.name, lp.loop.lists, next(iter(pats.values())), pats,
                                         names[lp.fn.start:lp.fn.stop], names[lp.middle.start:lp.middle.stop],
                                         names[lp.bn.start:lp.bn.stop], len(lp.loop.threads)))
+    if not rep.loops:
+        rep.reasons += _graph_breaks(module, prior, args, kwargs)
     if len(reports) > 1:
         rep.notes.append(f"{len(reports)} graphs: dynamo broke the forward into pieces "
                          "(torch._dynamo.explain lists why); only loops whole inside one graph are cached")

@@ -153,7 +153,8 @@ def _select_main(cands: list[list[Block]], cap: CapturedGraph, result: MatchResu
     for c in sorted(cands, key=lambda c: -size[id(c)]):
         path = c[0].ref.list_path
         if not cap.top_level.get(path, False):
-            result.notes.append(f"{path}: nested inside another module; treated as glue, not cached")
+            if cap.block_class[path].__name__.endswith(("Block", "Layer")):  # refiners, not ff.net
+                result.notes.append(f"{path}: nested inside another module; treated as glue, not cached")
         elif size[id(c)] < MIN_LIST_SHARE * largest:
             result.notes.append(f"{path}: small auxiliary list ({size[id(c)]} ops vs {largest}); not cached")
         elif any(span[id(m)][0] < span[id(c)][1] and span[id(c)][0] < span[id(m)][1] for m in main):

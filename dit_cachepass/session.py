@@ -53,6 +53,8 @@ class Session:
         self.generation = 0
         self._last_timestep: Optional[float] = None
         self._pending_reset = False
+        self.previous_forward = None
+        self.warned_no_graph = False
 
     def __repr__(self) -> str:
         loops = ", ".join(self.states) or "none yet"

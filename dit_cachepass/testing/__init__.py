@@ -1,0 +1,1 @@
+"""Tiny real diffusers models with random weights, for tests and demos."""
