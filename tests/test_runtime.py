@@ -1,0 +1,123 @@
+"""Runtime behaviour: generations, recompiles, shape changes, non-finite diffs."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import dit_cachepass as dcp
+from toy_models import ToyDiT, toy_inputs
+
+CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
+
+
+def make(**cfg):
+    torch.manual_seed(0)
+    ref = ToyDiT().eval()
+    torch.manual_seed(0)
+    m = dcp.compile(ToyDiT().eval(), dcp.DBCacheConfig(**{**CFG, **cfg}), backend="eager")
+    return ref, m
+
+
+def call(m, step, **kw):
+    with torch.no_grad():
+        return m(**toy_inputs(step, **kw))
+
+
+def test_zero_recompiles_over_two_generations():
+    _, m = make()
+    graphs_before = counters["stats"]["unique_graphs"]
+    for _ in range(2):
+        for s in range(6):
+            call(m, s)
+    session = m._dit_cachepass
+    assert len(session.graphs) == 1
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    assert session.generation == 1  # the timestep jumped back up once
+    assert dcp.summary(m).loops[0].generations == 2
+
+
+def test_new_generation_by_timestep_jump_never_reuses_old_cache():
+    ref, m = make()
+    for s in range(5):
+        call(m, s)
+    assert dcp.summary(m).cached_steps, "the first generation should cache"
+    out = call(m, 0)  # a new generation starts: step 0 is warmup, computed in full
+    s = dcp.summary(m)
+    assert s.loops[0].steps[0].reason == "warmup" and s.cached_steps == []
+    torch.testing.assert_close(out, call(ref, 0), rtol=0, atol=0)
+
+
+def test_num_inference_steps_resets_exactly_at_n():
+    _, m = make(num_inference_steps=4, detect_new_generation=False)
+    for s in range(4):
+        call(m, s)
+    call(m, 4)  # same timestep sequence continues, but n=4 calls have run: new generation
+    st = dcp.summary(m).loops[0]
+    assert [r.step for r in st.steps] == [0] and st.steps[0].reason == "warmup"
+
+
+def test_refresh_starts_a_new_generation():
+    _, m = make(detect_new_generation=False)
+    for s in range(4):
+        call(m, s)
+    dcp.refresh(m)
+    call(m, 4)
+    assert [r.reason for r in dcp.summary(m).loops[0].steps] == ["warmup"]
+
+
+def test_batch_change_mid_generation_forces_full_compute():
+    ref, m = make()
+    for s in range(3):
+        call(m, s)
+    assert dcp.summary(m).cached_steps
+    out = call(m, 3, batch=1)  # recompiled graph, same loop state: shapes differ
+    rec = dcp.summary(m).loops[0].steps[-1]
+    assert not rec.cached and rec.reason == "shape-change"
+    torch.testing.assert_close(out, call(ref, 3, batch=1), rtol=0, atol=0)
+
+
+def test_nan_diff_forces_compute():
+    _, m = make()
+    call(m, 0)
+    x = toy_inputs(1)
+    x["hidden_states"][0, 0, 0] = float("nan")
+    with torch.no_grad():
+        m(**x)
+    rec = dcp.summary(m).loops[0].steps[-1]
+    assert not rec.cached and rec.reason == "non-finite-diff"
+
+
+def test_two_compiled_modules_do_not_share_state():
+    _, a = make()
+    _, b = make(residual_diff_threshold=0.0)
+    for s in range(4):
+        call(a, s)
+        call(b, s)
+    assert dcp.summary(a).cached_steps and not dcp.summary(b).cached_steps
+    assert a._dit_cachepass is not b._dit_cachepass
+
+
+def test_summary_str_and_repr_are_readable():
+    _, m = make()
+    for s in range(4):
+        call(m, s)
+    text = str(dcp.summary(m))
+    assert "| blocks" in text and "timeline" in text and "P50" in text
+    assert "cached" in repr(dcp.summary(m)) and "DBCache_F1B1" in repr(m._dit_cachepass)
+
+
+def test_torch_compile_backend_entry_point():
+    from importlib.metadata import entry_points
+
+    names = {e.name for e in entry_points(group="torch_dynamo_backends")}
+    assert "dit_cache" in names
+    torch.manual_seed(0)
+    ref = ToyDiT().eval()
+    torch.manual_seed(0)
+    t = torch.compile(ToyDiT().eval(), backend="dit_cache",
+                      options={"cache_config": dcp.DBCacheConfig(**CFG), "backend": "eager"})
+    outs = [call(t, s) for s in range(5)]
+    assert dcp.summary(t).cached_steps
+    torch.testing.assert_close(outs[0], call(ref, 0), rtol=0, atol=0)
+    with pytest.raises(Exception, match="unknown dit_cache option.*Fn"):
+        torch.compile(ToyDiT(), backend="dit_cache", options={"Fn": 1})(**toy_inputs(0))
