@@ -1,8 +1,8 @@
 """Rewrite: split the graph into ``pre | Fn | middle | Bn | post`` pieces per loop.
 
 Every op gets the segment of its block (Fn / middle / Bn of loop k); an op outside the
-blocks gets the latest segment among its inputs, and never one earlier than the loop it
-follows. Because a segment is never lower than its inputs' segments, running the pieces in
+blocks gets the latest segment among its inputs, and never one earlier than the Bn of the
+loop it follows (glue after a loop joins that loop's Bn piece: one piece call fewer). Because a segment is never lower than its inputs' segments, running the pieces in
 segment order respects every data dependency, and glue inside the loop (a control hint
 added after block 5, a perceiver between blocks) lands in the middle by construction.
 Values live in a flat environment of slots: graph arguments first, then piece outputs.
@@ -75,7 +75,7 @@ def _segments(cap: CapturedGraph, cplan: CachePlan) -> dict[fx.Node, int]:
     for node in cap.gm.graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        floor = max((4 * k + 4 for k, end in enumerate(ends) if cap.order[node] > end), default=0)
+        floor = max((4 * k + 3 for k, end in enumerate(ends) if cap.order[node] > end), default=0)
         own = role_seg.get(node, floor)
         seg[node] = max([own] + [seg[a] for a in node.all_input_nodes if a in seg])
     return seg

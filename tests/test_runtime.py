@@ -121,3 +121,33 @@ def test_torch_compile_backend_entry_point():
     torch.testing.assert_close(outs[0], call(ref, 0), rtol=0, atol=0)
     with pytest.raises(Exception, match="unknown dit_cache option.*Fn"):
         torch.compile(ToyDiT(), backend="dit_cache", options={"Fn": 1})(**toy_inputs(0))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_lowered_pieces_match_eager(backend):
+    torch.manual_seed(0)
+    ref = ToyDiT().eval()
+    torch.manual_seed(0)
+    m = dcp.compile(ToyDiT().eval(), dcp.DBCacheConfig(**CFG), backend=backend)
+    eager_cached = make()[1]
+    for s in range(5):
+        torch.testing.assert_close(call(m, s), call(eager_cached, s), rtol=1e-4, atol=1e-4)
+    assert dcp.summary(m).cached_steps == dcp.summary(eager_cached).cached_steps != []
+    pieces = m._dit_cachepass.graphs[0].pieces
+    assert [p.kind for p in pieces] == ["glue", "Fn", "middle", "Bn"], pieces
+    del ref
+
+
+def test_dtype_change_mid_generation_forces_full_compute():
+    ref, m = make()
+    for s in range(3):
+        call(m, s)
+    m.double()
+    ref.double()
+    x = {k: v.double() for k, v in toy_inputs(3).items()}
+    with torch.no_grad():
+        out = m(**x)
+    rec = dcp.summary(m).loops[0].steps[-1]
+    assert not rec.cached and rec.reason == "shape-change"
+    with torch.no_grad():
+        torch.testing.assert_close(out, ref(**x), rtol=0, atol=0)
