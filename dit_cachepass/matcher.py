@@ -20,6 +20,7 @@ import torch.fx as fx
 from .capture import BlockRef, CapturedGraph
 from .patterns import FlowShape, ForwardPattern, classify
 
+NO_BLOCK_LIST = "no ModuleList whose children are called in sequence was found in the graph"
 Slot = tuple[int, int]  # (local index of first consumer in the block, input position)
 MIN_LIST_SHARE = 0.2  # a list with < 20 % of the largest list's ops is auxiliary
 
@@ -326,5 +327,5 @@ def match(cap: CapturedGraph, layout: str = "auto",
         loops = merged
     result.loops = loops
     if not loops and not result.reasons:
-        result.reasons.append("no ModuleList whose children are called in sequence was found in the graph")
+        result.reasons.append(NO_BLOCK_LIST)
     return result

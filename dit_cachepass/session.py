@@ -95,6 +95,10 @@ class Session:
 
     # -- reporting ----------------------------------------------------------------------
     def no_loop(self, report: GraphReport) -> None:
+        from .matcher import NO_BLOCK_LIST
+
+        if report.reasons == [NO_BLOCK_LIST] and not report.skipped and any(g.loops for g in self.graphs):
+            return  # a glue-only graph beside a graph whose loop is cached: nothing lost
         why = "; ".join(report.reasons + report.skipped) or "no block loop found"
         msg = f"dit_cachepass: running this graph uncached: {why}"
         if self.strict:
