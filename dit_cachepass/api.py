@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import types
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -12,7 +11,8 @@ import torch
 
 from .backend import analyse, build, _SESSIONS
 from .config import DBCacheConfig, TaylorSeerCalibratorConfig
-from .session import Session, UnsupportedModelError
+from .matcher import NO_BLOCK_LIST
+from .session import Session
 from .stats import Summary
 
 _ATTR = "_dit_cachepass"
@@ -65,13 +65,7 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     @functools.wraps(compiled)
     def forward(*args: Any, **kwargs: Any) -> Any:
         out = compiled(*args, **kwargs)
-        if not session.graphs and not session.warned_no_graph:
-            session.warned_no_graph = True
-            msg = ("dit_cachepass: dynamo ran this forward without compiling it (recompile limit "
-                   "reached or compilation disabled), so it ran uncached")
-            if strict:
-                raise UnsupportedModelError(msg)
-            warnings.warn(msg, stacklevel=2)
+        session.after_forward()
         return out
 
     module.forward = forward
@@ -202,8 +196,11 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
             rep.loops.append(LoopReport(lp.name, lp.loop.lists, next(iter(pats.values())), pats,
                                         names[lp.fn.start:lp.fn.stop], names[lp.middle.start:lp.middle.stop],
                                         names[lp.bn.start:lp.bn.stop], len(lp.loop.threads)))
-    if not rep.loops:
+    if rep.loops:
+        rep.reasons = [r for r in rep.reasons if r != NO_BLOCK_LIST]
+    else:
         rep.reasons += _graph_breaks(module, prior, args, kwargs)
+    rep.reasons = list(dict.fromkeys(rep.reasons))
     if len(reports) > 1:
         rep.notes.append(f"{len(reports)} graphs: dynamo broke the forward into pieces "
                          "(torch._dynamo.explain lists why); only loops whole inside one graph are cached")

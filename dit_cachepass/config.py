@@ -62,7 +62,8 @@ class DBCacheConfig:
     #: pass straight through, as cache-dit does for FLUX.1), "per_list" caches each list
     #: separately, "chain" forces one loop over all consecutive main lists.
     loop_layout: Literal["auto", "per_list", "chain"] = "auto"
-    #: start a new generation when the timestep input jumps back up.
+    #: start a new generation when the timestep input jumps back against its direction
+    #: (up for count-down schedulers, down for Lumina2-style count-up ones).
     detect_new_generation: bool = True
 
     cache_type: str = field(default="DBCache", init=False)

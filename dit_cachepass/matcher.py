@@ -270,7 +270,26 @@ def _pattern(blocks: list[Block], threads: list[Thread], cap: CapturedGraph) -> 
     used_out = [n for n in first.nodes if any(u not in inside for u in n.users)]
     side = any(n not in carried and isinstance(n.meta.get("example_value"), torch.Tensor)
                and n.meta["example_value"].dim() >= 2 for n in used_out) and len(threads) == 1
-    return classify(FlowShape(len(threads), side), cap.block_class[first.ref.list_path])
+    streams = {t.inputs[0] for t in threads}
+    shared = [v for v in _external_inputs(first, cap).values() if v not in streams]
+    encoder = any(_derives_from_encoder_input(v) for v in shared)
+    return classify(FlowShape(len(threads), side, encoder), cap.block_class[first.ref.list_path])
+
+
+def _derives_from_encoder_input(value: fx.Node, limit: int = 4000) -> bool:
+    """Does a value come from the model's encoder / context input (not via the streams)?"""
+    stack, seen = [value], set()
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v.op == "placeholder":
+            name = v.name.lower()
+            if ("encoder_hidden_states" in name or "context" in name) and "_parameters_" not in name:
+                return True
+        stack.extend(v.all_input_nodes)
+    return False
 
 
 def _can_chain(a: BlockLoop, b: BlockLoop, cap: CapturedGraph) -> bool:

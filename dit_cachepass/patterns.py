@@ -3,7 +3,8 @@
 In a graph the calling convention is gone, but the data flow is not: which stream values
 flow from block to block and which come out of a block. We classify by that flow and use
 the block's Python signature only to tell the conventions the graph cannot see apart
-(P2 vs P3: is the constant encoder a positional argument; return order (h, e) vs (e, h)).
+(P2 vs P3: is a constant encoder tensor passed as the second argument; return order
+(h, e) vs (e, h)).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FlowShape:
 
     carried_streams: int  # values flowing from block i to block i+1
     side_outputs: bool  # a block output that the next block does not consume (P4/P5)
+    constant_encoder: bool = False  # a non-stream input derived from the model's encoder input
 
 
 def _positional_params(block_cls: type) -> list[str]:
@@ -69,4 +71,5 @@ def classify(flow: FlowShape, block_cls: type) -> ForwardPattern:
     if flow.side_outputs:
         return ForwardPattern.P4 if _returns_hidden_first(block_cls) is not False else ForwardPattern.P5
     second = params[1] if len(params) > 1 else ""
-    return ForwardPattern.P2 if ("encoder" in second or "context" in second) else ForwardPattern.P3
+    takes_encoder = "encoder" in second or "context" in second
+    return ForwardPattern.P2 if takes_encoder and flow.constant_encoder else ForwardPattern.P3

@@ -52,9 +52,10 @@ class Session:
         self.calls = 0  # transformer calls in the current generation
         self.generation = 0
         self._last_timestep: Optional[float] = None
+        self._direction: Optional[int] = None
         self._pending_reset = False
         self.previous_forward = None
-        self.warned_no_graph = False
+        self.checked_first_forward = False
 
     def __repr__(self) -> str:
         loops = ", ".join(self.states) or "none yet"
@@ -75,9 +76,15 @@ class Session:
         if not (self.config.detect_new_generation and isinstance(t, torch.Tensor) and t.numel()):
             return
         value = float(t.reshape(-1)[0])
-        if self._last_timestep is not None and value > self._last_timestep + 1e-6 * max(1.0, abs(value)):
-            self._pending_reset = True
+        last = self._last_timestep
         self._last_timestep = value
+        if last is None or abs(value - last) <= 1e-6 * max(1.0, abs(value)):
+            return  # first call, or the second CFG call of a step
+        direction = 1 if value > last else -1
+        if self._direction is None:
+            self._direction = direction  # most schedulers count down; Lumina2 counts up
+        elif direction != self._direction:
+            self._pending_reset = True  # the timestep jumped back: a new generation
 
     def begin_call(self) -> None:
         n = self.config.num_inference_steps
@@ -87,6 +94,7 @@ class Session:
 
     def _new_generation(self) -> None:
         self._pending_reset = False
+        self._direction = None
         if self.calls:
             self.generation += 1
             for s in self.states.values():
@@ -95,12 +103,27 @@ class Session:
 
     # -- reporting ----------------------------------------------------------------------
     def no_loop(self, report: GraphReport) -> None:
+        """A graph with nothing to cache. Glue-only graphs (from graph breaks outside the loop)
+        are judged after the whole forward, in ``after_forward``; real reasons warn now."""
         from .matcher import NO_BLOCK_LIST
 
-        if report.reasons == [NO_BLOCK_LIST] and not report.skipped and any(g.loops for g in self.graphs):
-            return  # a glue-only graph beside a graph whose loop is cached: nothing lost
-        why = "; ".join(report.reasons + report.skipped) or "no block loop found"
-        msg = f"dit_cachepass: running this graph uncached: {why}"
+        if report.reasons == [NO_BLOCK_LIST] and not report.skipped:
+            return
+        self._uncached(report.reasons + report.skipped)
+
+    def after_forward(self) -> None:
+        """Once, after the first whole forward: say so if nothing in it was cached."""
+        if self.checked_first_forward:
+            return
+        self.checked_first_forward = True
+        if not self.graphs:
+            self._uncached(["dynamo ran the forward without compiling it (recompile limit reached or "
+                            "compilation disabled)"])
+        elif not any(g.loops for g in self.graphs):
+            self._uncached(list(dict.fromkeys(r for g in self.graphs for r in g.reasons + g.skipped)))
+
+    def _uncached(self, reasons: list[str]) -> None:
+        msg = f"dit_cachepass: running uncached: {'; '.join(reasons) or 'no block loop found'}"
         if self.strict:
             raise UnsupportedModelError(msg + " (strict=True)")
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=4)

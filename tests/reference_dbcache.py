@@ -30,6 +30,7 @@ class ReferenceDBCache:
         self.pattern, self.F, self.B, self.threshold, self.warmup = pattern, F, B, threshold, warmup
         self.step = 0
         self.cached_steps: list[int] = []
+        self.diffs: list[float] = []
         self.prev_fn_residual = None
         self.res_h = self.res_e = None
         setattr(model, list_name, nn.ModuleList([_Wrapper(self)]))
@@ -62,6 +63,7 @@ class ReferenceDBCache:
         if self.step >= self.warmup and self.prev_fn_residual is not None and self.threshold > 0:
             prev = self.prev_fn_residual
             diff = ((r - prev).abs().mean() / prev.abs().mean()).item()
+            self.diffs.append(diff)
             cache = diff < self.threshold
         if cache:
             self.cached_steps.append(self.step)

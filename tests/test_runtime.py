@@ -151,3 +151,17 @@ def test_dtype_change_mid_generation_forces_full_compute():
     assert not rec.cached and rec.reason == "shape-change"
     with torch.no_grad():
         torch.testing.assert_close(out, ref(**x), rtol=0, atol=0)
+
+
+def test_count_up_timesteps_are_one_generation_until_they_jump_back():
+    """Lumina2's pipeline passes 1 - t/1000, rising each step: that is not a new generation."""
+    _, m = make()
+    with torch.no_grad():
+        for gen in range(2):
+            for s in range(5):
+                x = toy_inputs(s)
+                x["timestep"] = torch.full((2,), 10.0 * s)
+                m(**x)
+    st = dcp.summary(m).loops[0]
+    assert st.generations == 2 and [r.step for r in st.steps] == list(range(5))
+    assert st.cached_steps, "the rising timestep must not reset the cache every step"
