@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.fx as fx
@@ -99,18 +99,25 @@ class _Origins:
     def of(self, value: fx.Node, block: Block, limit: int = 64) -> set[fx.Node]:
         inside = set(block.nodes)
         start = self.cap.order[block.first]
-        found: set[fx.Node] = set()
-        stack, seen = [value], set()
-        while stack and len(seen) < limit:
-            v = stack.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            if v in inside:
-                found.add(v)
-            elif v not in self.loop_nodes and self.cap.order[v] > start and v.op != "placeholder":
-                stack.extend(v.all_input_nodes)
-        return found
+
+        def through_glue(v: fx.Node) -> bool:
+            return (v not in inside and v not in self.loop_nodes and v.op != "placeholder"
+                    and self.cap.order[v] > start)
+
+        return {v for v in _walk_back(value, through_glue, limit) if v in inside}
+
+
+def _walk_back(value: fx.Node, follow: Callable[[fx.Node], bool], limit: int) -> Iterator[fx.Node]:
+    """Visit ``value`` and its producers, expanding only nodes for which ``follow`` holds."""
+    stack, seen = [value], set()
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        yield v
+        if follow(v):
+            stack.extend(v.all_input_nodes)
 
 
 def _blocks_by_list(cap: CapturedGraph) -> dict[str, dict[int, list[fx.Node]]]:
@@ -278,18 +285,9 @@ def _pattern(blocks: list[Block], threads: list[Thread], cap: CapturedGraph) -> 
 
 def _derives_from_encoder_input(value: fx.Node, limit: int = 4000) -> bool:
     """Does a value come from the model's encoder / context input (not via the streams)?"""
-    stack, seen = [value], set()
-    while stack and len(seen) < limit:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v.op == "placeholder":
-            name = v.name.lower()
-            if ("encoder_hidden_states" in name or "context" in name) and "_parameters_" not in name:
-                return True
-        stack.extend(v.all_input_nodes)
-    return False
+    return any(v.op == "placeholder" and "_parameters_" not in v.name
+               and ("encoder_hidden_states" in v.name.lower() or "context" in v.name.lower())
+               for v in _walk_back(value, lambda v: True, limit))
 
 
 def _can_chain(a: BlockLoop, b: BlockLoop, cap: CapturedGraph) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
+from ..kernels import apply_residuals, fused_residual_diff
 from ..lower import LazyCompiled
 from ..rewrite import Slot, SplitProgram
 
@@ -43,12 +44,19 @@ class Runner:
     def _middle(self, piece, fn, env: list[Any]) -> None:
         spec = self.prog.middles[piece.loop]
         state = self.states[piece.loop]
-        fn_residual = env[spec.hidden_inF] - env[spec.hidden_in0]
         ins = [env[i] for i, _ in spec.residual_pairs]
-        d = state.decide(fn_residual, ins)
+        fn_out = env[spec.hidden_inF]
+        reference = state.reference_for(fn_out, ins)
+        # one pass: Fn residual (fn_out - fn_in) and its relative L1 diff vs the reference
+        fn_residual, ratio = fused_residual_diff(fn_out, env[spec.hidden_in0], reference)
+        d = state.decide(reference, ratio)
         if d.cache:
-            for (_, o), x, r in zip(spec.residual_pairs, ins, state.residuals):
-                env[o] = x + r
+            outs = [o for _, o in spec.residual_pairs]
+            for k in range(0, len(ins), 2):  # two streams per fused launch
+                pair = apply_residuals(ins[k], state.residuals[k], *(ins[k + 1:k + 2] + state.residuals[k + 1:k + 2]))
+                env[outs[k]] = pair[0]
+                if k + 1 < len(ins):
+                    env[outs[k + 1]] = pair[1]
             for o, v in zip(spec.value_outputs, state.values):
                 env[o] = v
         else:

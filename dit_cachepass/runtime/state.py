@@ -27,15 +27,6 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
-def rel_l1(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    """sum|cur - prev| / sum|prev| in fp32 (== cache-dit's mean/mean); 0-d device tensor.
-
-    A zero denominator gives inf (or NaN), which the policy treats as "compute"."""
-    # TODO(kernels): dispatch to dit_cachepass.kernels.rel_l1_diff once it lands
-    c, p = cur.float(), prev.float()
-    return (c - p).abs().sum() / p.abs().sum()
-
-
 @dataclass
 class LoopState:
     name: str
@@ -66,19 +57,24 @@ class LoopState:
         self.fn_reference, self.residuals, self.values = None, [], []
         self.generation += 1
 
-    def decide(self, fn_residual: torch.Tensor, stream_inputs: list[torch.Tensor]) -> Decision:
+    def reference_for(self, fn_out: torch.Tensor, stream_inputs: list[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The stored Fn residual, only if it and every stored residual still fit the
+        current tensors (shape, dtype, device): a stale cache is never applied elsewhere."""
         ref = self.fn_reference
-        usable = (
+        fits = (
             ref is not None
-            and _same_layout(ref, fn_residual)
+            and _same_layout(ref, fn_out)
             and len(self.residuals) == len(stream_inputs)
             and all(_same_layout(r, x) for r, x in zip(self.residuals, stream_inputs))
         )
-        d = self.policy.decide(
-            self.step, len(self.cached_steps), self.continuous, self.accumulated, usable,
-            lambda: float(rel_l1(fn_residual, ref)),
-        )
-        if ref is not None and not usable and d.reason == "no-reference":
+        return ref if fits else None
+
+    def decide(self, reference: Optional[torch.Tensor], ratio: torch.Tensor) -> Decision:
+        """``ratio``: the 0-d relative L1 diff against ``reference``; read (one host sync)
+        only when the rule chain gets that far."""
+        d = self.policy.decide(self.step, len(self.cached_steps), self.continuous, self.accumulated,
+                               reference is not None, lambda: float(ratio))
+        if reference is None and self.fn_reference is not None and d.reason == "no-reference":
             d = Decision(False, "shape-change")
         return d
 

@@ -10,7 +10,6 @@ TRITON_INTERPRET=1 in the environment (or at the top of a root conftest), to run
 """
 
 import os
-import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
 
