@@ -50,7 +50,8 @@ class MiddleSpec:
     hidden_in0: int  # hidden stream entering the loop's first block
     hidden_inF: int  # hidden stream entering the middle (= leaving Fn)
     residual_pairs: list[tuple[int, int]]  # (middle input slot, middle output slot)
-    value_outputs: list[int]  # middle outputs reused as stored values
+    value_outputs: list[int]  # non-tensor middle outputs (sizes), reused as stored values
+    unpaired: list[str] = field(default_factory=list)  # tensor outputs with no stream: never cache
 
 
 @dataclass
@@ -142,10 +143,14 @@ def _middle_spec(k: int, lp, prog: SplitProgram, slot: dict[fx.Node, int]) -> Mi
             continue
         pairs.append((slot[src], slot[dst]))
     paired = {o for _, o in pairs}
+    node_of = {slot[n]: n for n in slot}
+    rest = [o for o in middle.outputs if o not in paired]
+    tensors = [o for o in rest if isinstance(node_of[o].meta.get("example_value"), torch.Tensor)]
     hidden = loop.threads[loop.hidden]
     return MiddleSpec(
         hidden_in0=slot[hidden.inputs[0]],
         hidden_inF=slot[hidden.inputs[f]],
         residual_pairs=pairs,
-        value_outputs=[o for o in middle.outputs if o not in paired],
+        value_outputs=[o for o in rest if o not in tensors],
+        unpaired=[node_of[o].name for o in tensors],
     )

@@ -122,8 +122,10 @@ class Session:
         elif not any(g.loops for g in self.graphs):
             self._uncached(list(dict.fromkeys(r for g in self.graphs for r in g.reasons + g.skipped)))
 
-    def _uncached(self, reasons: list[str]) -> None:
-        msg = f"dit_cachepass: running uncached: {'; '.join(reasons) or 'no block loop found'}"
+    def warn(self, msg: str) -> None:
         if self.strict:
-            raise UnsupportedModelError(msg + " (strict=True)")
-        warnings.warn(msg, stacklevel=4)
+            raise UnsupportedModelError(f"dit_cachepass: {msg} (strict=True)")
+        warnings.warn(f"dit_cachepass: {msg}", stacklevel=4)
+
+    def _uncached(self, reasons: list[str]) -> None:
+        self.warn(f"running uncached: {'; '.join(reasons) or 'no block loop found'}")

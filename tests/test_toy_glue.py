@@ -21,7 +21,7 @@ def twin(**kw):
     return a, ToyDiT(**kw).eval()
 
 
-@pytest.mark.parametrize("glue", ["none", "control", "perceiver", "skip"])
+@pytest.mark.parametrize("glue", ["none", "control", "perceiver", "skip", "skip_arg"])
 def test_threshold_zero_is_exact(glue):
     ref, m = twin(glue=glue)
     dcp.compile(m, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.0), backend="eager")
@@ -130,3 +130,17 @@ def test_disable_restores_forward_and_params_untouched():
     torch.testing.assert_close(run(m, [2])[0], run(ref, [2])[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="not compiled by dit_cachepass"):
         dcp.summary(m)
+
+
+def test_long_skip_out_of_the_middle_is_never_cached_stale():
+    """With F1B2 the skip from block 1 (middle) is an argument of block 4 (Bn): no residual
+    can rebuild it, so the loop must always compute rather than reuse last step's tensor."""
+    ref, m = twin(glue="skip_arg")
+    dcp.compile(m, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=2, residual_diff_threshold=0.9,
+                                     max_warmup_steps=0), backend="eager")
+    with pytest.warns(UserWarning, match="always computes: middle output"):
+        outs = run(m, range(4))
+    assert dcp.summary(m).cached_steps == []
+    assert {r.reason for r in dcp.summary(m).loops[0].steps} == {"unsafe-middle"}
+    for a, b in zip(run(ref, range(4)), outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

@@ -11,14 +11,18 @@ class Block(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.mod = nn.Linear(d, d)
+        self.skip_linear = nn.Linear(2 * d, d)
 
-    def forward(self, hidden_states, temb):
+    def forward(self, hidden_states, temb, skip=None):
+        if skip is not None:  # HunyuanDiT-style long skip passed into the block
+            hidden_states = self.skip_linear(torch.cat([hidden_states, skip], dim=-1))
         return hidden_states + self.ff(self.norm(hidden_states) * (1 + self.mod(temb)[:, None]))
 
 
 class ToyDiT(nn.Module):
     """``glue``: "none", "control" (hint added after blocks 2 and 4), "perceiver" (a small
-    auxiliary list applied after every block), "skip" (long skips, U-ViT style)."""
+    auxiliary list applied after every block), "skip" (long skips added between blocks,
+    U-ViT style), "skip_arg" (long skips passed into the second-half blocks, HunyuanDiT style)."""
 
     def __init__(self, d=32, n=6, glue="none", item_break=False):
         super().__init__()
@@ -38,10 +42,13 @@ class ToyDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.glue == "skip" and i >= n // 2:
                 h = h + 0.5 * skips.pop()
-            h = block(h, temb)
+            if self.glue == "skip_arg" and i >= n // 2:
+                h = block(h, temb, skip=skips.pop())
+            else:
+                h = block(h, temb)
             if self.item_break and float(h.sum()) > 1e9:  # graph break inside the loop
                 h = h * 0
-            if self.glue == "skip" and i < n // 2:
+            if self.glue in ("skip", "skip_arg") and i < n // 2:
                 skips.append(h)
             if self.glue == "control" and i in (2, 4):
                 h = h + 0.1 * self.hint(hidden_states)

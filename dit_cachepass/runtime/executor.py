@@ -23,6 +23,12 @@ class Runner:
         self.prog, self.session = prog, session
         self.fns = [LazyCompiled(p.gm, backend) for p in prog.pieces]
         self.states = [session.state(name) for name in loop_names]
+        for k, spec in prog.middles.items():
+            if spec.unpaired:
+                self.states[k].never_cache = (
+                    f"middle output(s) {', '.join(spec.unpaired)} are not block-to-block streams, so no "
+                    "residual can rebuild them; reusing them would apply a stale tensor")
+                session.warn(f"loop {loop_names[k]} always computes: {self.states[k].never_cache}")
         self.timestep_slot = next(
             (i for i, n in enumerate(prog.arg_names) if "timestep" in n.lower()), None)
 

@@ -40,6 +40,7 @@ class LoopState:
     accumulated: float = 0.0
     records: list[StepRecord] = field(default_factory=list)
     history: list[list[StepRecord]] = field(default_factory=list)  # finished generations
+    never_cache: Optional[str] = None  # set when the loop cannot be cached safely
 
     def __post_init__(self) -> None:
         self.policy = DBCachePolicy(self.config)
@@ -72,6 +73,8 @@ class LoopState:
     def decide(self, reference: Optional[torch.Tensor], ratio: torch.Tensor) -> Decision:
         """``ratio``: the 0-d relative L1 diff against ``reference``; read (one host sync)
         only when the rule chain gets that far."""
+        if self.never_cache is not None:
+            return Decision(False, "unsafe-middle")
         d = self.policy.decide(self.step, len(self.cached_steps), self.continuous, self.accumulated,
                                reference is not None, lambda: float(ratio))
         if reference is None and self.fn_reference is not None and d.reason == "no-reference":
