@@ -49,15 +49,15 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     its ``.config``, ``.dtype``, hooks and attributes. Parameters are never modified.
     ``backend``: "inductor" (default), "aot_eager" or "eager" (debugging, fast CPU tests).
     ``strict=True`` raises instead of running uncached when no loop can be cached.
+    ``calibrator_config``: a ``TaylorSeerCalibratorConfig`` forecasts the middle's residual on
+    cached steps instead of reusing it unchanged.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
-    if calibrator_config is not None:
-        raise NotImplementedError(
-            "calibrator_config (TaylorSeer) is not implemented yet; pass calibrator_config=None.")
     if hasattr(module, _ATTR):
         disable(module)
-    session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module))
+    session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
+                      calibrator_config=calibrator_config)
     session.previous_forward = module.__dict__.get("forward")
     compiled = torch.compile(_isolated_forward(module, session.previous_forward), backend=lambda gm, ex: build(gm, ex, session),
                              dynamic=False)

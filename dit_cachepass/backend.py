@@ -19,7 +19,7 @@ from .rewrite import split
 from .runtime.executor import Runner
 from .session import GraphReport, Session
 
-_OPTION_KEYS = {"cache_config", "backend", "strict"}
+_OPTION_KEYS = {"cache_config", "calibrator_config", "backend", "strict"}
 _SESSIONS: dict[int, tuple[dict, Session]] = {}
 
 
@@ -51,7 +51,8 @@ def session_for_options(options: Optional[dict]) -> Session:
     key = id(options)
     if key not in _SESSIONS or _SESSIONS[key][0] is not options:
         session = Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
-                          strict=options.get("strict", False))
+                          strict=options.get("strict", False),
+                          calibrator_config=options.get("calibrator_config"))
         _SESSIONS[key] = (options, session)
     return _SESSIONS[key][1]
 

@@ -50,6 +50,7 @@ class MiddleSpec:
     hidden_in0: int  # hidden stream entering the loop's first block
     hidden_inF: int  # hidden stream entering the middle (= leaving Fn)
     residual_pairs: list[tuple[int, int]]  # (middle input slot, middle output slot)
+    hidden_pair: Optional[int]  # index of the hidden stream in residual_pairs
     value_outputs: list[int]  # non-tensor middle outputs (sizes), reused as stored values
     unpaired: list[str] = field(default_factory=list)  # tensor outputs with no stream: never cache
 
@@ -136,11 +137,14 @@ def _middle_spec(k: int, lp, prog: SplitProgram, slot: dict[fx.Node, int]) -> Mi
     middle = next(p for p in prog.pieces if p.kind == "middle" and p.loop == k)
     mid_out = set(middle.outputs)
     pairs: list[tuple[int, int]] = []
-    for t in loop.threads:
+    hidden_pair = None
+    for ti, t in enumerate(loop.threads):
         src = t.inputs[f]
         dst = t.inputs[lp.bn.start] if len(lp.bn) else t.outputs[n - 1]
         if src is None or dst is None or slot.get(dst) not in mid_out:
             continue
+        if ti == loop.hidden:
+            hidden_pair = len(pairs)
         pairs.append((slot[src], slot[dst]))
     paired = {o for _, o in pairs}
     node_of = {slot[n]: n for n in slot}
@@ -151,6 +155,7 @@ def _middle_spec(k: int, lp, prog: SplitProgram, slot: dict[fx.Node, int]) -> Mi
         hidden_in0=slot[hidden.inputs[0]],
         hidden_inF=slot[hidden.inputs[f]],
         residual_pairs=pairs,
+        hidden_pair=hidden_pair,
         value_outputs=[o for o in rest if o not in tensors],
         unpaired=[node_of[o].name for o in tensors],
     )

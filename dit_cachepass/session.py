@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import DBCacheConfig
+from .config import DBCacheConfig, TaylorSeerCalibratorConfig
 from .lower import check_backend
 from .runtime.state import LoopState
 
@@ -40,10 +40,15 @@ class GraphReport:
 
 class Session:
     def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
-                 strict: bool = False, list_lengths: Optional[dict[str, int]] = None):
+                 strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
+                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None):
         self.config = config if config is not None else DBCacheConfig()
         if not isinstance(self.config, DBCacheConfig):
             raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
+        if calibrator_config is not None and not isinstance(calibrator_config, TaylorSeerCalibratorConfig):
+            raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig, got "
+                            f"{type(calibrator_config).__name__}")
+        self.calibrator_config = calibrator_config
         self.backend = check_backend(backend)
         self.strict = strict
         self.list_lengths = list_lengths
@@ -59,13 +64,14 @@ class Session:
 
     def __repr__(self) -> str:
         loops = ", ".join(self.states) or "none yet"
-        return (f"Session({self.config.strify()}, backend={self.backend!r}, loops=[{loops}], "
+        cal = f", {self.calibrator_config.strify()}" if self.calibrator_config else ""
+        return (f"Session({self.config.strify()}{cal}, backend={self.backend!r}, loops=[{loops}], "
                 f"generation={self.generation}, calls={self.calls})")
 
     # -- state --------------------------------------------------------------------------
     def state(self, name: str) -> LoopState:
         if name not in self.states:
-            self.states[name] = LoopState(name, self.config)
+            self.states[name] = LoopState(name, self.config, self.calibrator_config)
         return self.states[name]
 
     def refresh(self) -> None:

@@ -245,3 +245,39 @@ def test_fn_plus_bn_ge_n_same_outputs_left_uncached():
     assert cd_cached, "cache-dit is expected to record cached steps over its empty middle"
     assert dcp.summary(m).cached_steps == []
     _assert_outputs_close(outs_cd, outs_dcp)
+
+
+# ------------------------------------------------------------------------------ TaylorSeer
+@pytest.mark.parametrize("order", [1, 2])
+def test_taylorseer_matches_cache_dit(order):
+    """Same decisions and forecasts as cache-dit's TaylorSeer calibrator (residual cache type,
+    hidden and encoder streams). 12 steps with low warmup so derivatives are formed and used."""
+    global N
+    saved, N = N, 12
+    try:
+        # max_continuous_cached_steps=1 alternates compute/cache, so computed steps >= 3 form
+        # derivatives that the following cached step uses
+        kw = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=2,
+                  max_continuous_cached_steps=1, num_inference_steps=N)
+        a, b = _make_flux(), _make_flux()
+        cache_dit.enable_cache(a, cache_config=cache_dit.DBCacheConfig(**kw),
+                               calibrator_config=cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order))
+        m = dcp.compile(b, dcp.DBCacheConfig(**kw), backend="eager",
+                        calibrator_config=dcp.TaylorSeerCalibratorConfig(taylorseer_order=order))
+        with torch.no_grad():
+            oc = [a(**_inputs(s), return_dict=False)[0] for s in range(N)]
+            od = [m(**_inputs(s), return_dict=False)[0] for s in range(N)]
+        cd_cached, _ = _cd_summary_stats(a)
+        ours = dcp.summary(m).loops[0].cached_steps
+        assert ours == cd_cached and len(ours) >= 3, (ours, cd_cached)
+        assert any(s >= 4 for s in ours), "no cached step late enough to use a derivative"
+        for step, (x, y) in enumerate(zip(oc, od)):
+            torch.testing.assert_close(y, x, rtol=RTOL, atol=ATOL, msg=lambda m: f"step {step}: {m}")
+        # the forecast is not the plain residual reuse: without the calibrator outputs differ
+        plain = dcp.compile(_make_flux(), dcp.DBCacheConfig(**kw), backend="eager")
+        with torch.no_grad():
+            op = [plain(**_inputs(s), return_dict=False)[0] for s in range(N)]
+        assert dcp.summary(plain).loops[0].cached_steps == ours
+        assert max((p - y).abs().max().item() for p, y in zip(op, od)) > 1e-3
+    finally:
+        N = saved

@@ -51,24 +51,33 @@ class Runner:
         spec = self.prog.middles[piece.loop]
         state = self.states[piece.loop]
         ins = [env[i] for i, _ in spec.residual_pairs]
+        outs = [o for _, o in spec.residual_pairs]
         fn_out = env[spec.hidden_inF]
         reference = state.reference_for(fn_out, ins)
         # one pass: Fn residual (fn_out - fn_in) and its relative L1 diff vs the reference
         fn_residual, ratio = fused_residual_diff(fn_out, env[spec.hidden_in0], reference)
         d = state.decide(reference, ratio)
+        cal = state.calibrator
+        calibrated = [cal is not None and cal.calibrates(k, spec.hidden_pair) for k in range(len(ins))]
         if d.cache:
-            outs = [o for _, o in spec.residual_pairs]
-            for k in range(0, len(ins), 2):  # two streams per fused launch
-                pair = apply_residuals(ins[k], state.residuals[k], *(ins[k + 1:k + 2] + state.residuals[k + 1:k + 2]))
-                env[outs[k]] = pair[0]
-                if k + 1 < len(ins):
-                    env[outs[k + 1]] = pair[1]
+            plain = [k for k in range(len(ins)) if not calibrated[k]]
+            for j in range(0, len(plain), 2):  # two streams per fused launch
+                ks = plain[j:j + 2]
+                res = apply_residuals(*[t for k in ks for t in (ins[k], state.residuals[k])])
+                for k, v in zip(ks, res):
+                    env[outs[k]] = v
+            for k in range(len(ins)):
+                if calibrated[k]:
+                    base = ins[k] if cal.cache_type == "residual" else None
+                    env[outs[k]] = cal.forecast(k, state.step, base)
             for o, v in zip(spec.value_outputs, state.values):
                 env[o] = v
         else:
             for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
                 env[s] = v
-            state.store(fn_residual,
-                        [env[o] - x for (_, o), x in zip(spec.residual_pairs, ins)],
-                        [env[o] for o in spec.value_outputs])
+            residuals = [env[o] - x for o, x in zip(outs, ins)]
+            state.store(fn_residual, residuals, [env[o] for o in spec.value_outputs])
+            for k in range(len(ins)):
+                if calibrated[k]:
+                    cal.update(k, residuals[k] if cal.cache_type == "residual" else env[outs[k]], state.step)
         state.record(d)

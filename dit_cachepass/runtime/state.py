@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from ..config import DBCacheConfig
+from ..config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .calibrators import Calibrator, make_calibrator
 from .policy import DBCachePolicy, Decision
 
 
@@ -31,6 +32,7 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 class LoopState:
     name: str
     config: DBCacheConfig
+    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
     step: int = 0
     generation: int = 0
     fn_reference: Optional[torch.Tensor] = None
@@ -44,6 +46,7 @@ class LoopState:
 
     def __post_init__(self) -> None:
         self.policy = DBCachePolicy(self.config)
+        self.calibrator: Optional[Calibrator] = make_calibrator(self.calibrator_config)
 
     @property
     def cached_steps(self) -> list[int]:
@@ -56,6 +59,7 @@ class LoopState:
         self.records = []
         self.step, self.continuous, self.accumulated = 0, 0, 0.0
         self.fn_reference, self.residuals, self.values = None, [], []
+        self.calibrator = make_calibrator(self.calibrator_config)
         self.generation += 1
 
     def reference_for(self, fn_out: torch.Tensor, stream_inputs: list[torch.Tensor]) -> Optional[torch.Tensor]:

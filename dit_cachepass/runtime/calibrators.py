@@ -1,0 +1,66 @@
+"""Calibrators: on a cached step, predict what the middle would have added instead of
+reusing last computed step's residual unchanged. One small class per method, behind one
+interface: ``update`` on computed steps, ``forecast`` on cached steps.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import torch
+
+from ..config import TaylorSeerCalibratorConfig
+from ..kernels import taylor_predict_apply, taylor_update
+
+
+class Calibrator(Protocol):
+    cache_type: str  # "residual": values are middle residuals; "hidden_states": middle outputs
+
+    def update(self, stream: int, value: torch.Tensor, step: int) -> None: ...
+
+    def forecast(self, stream: int, step: int, base: Optional[torch.Tensor]) -> torch.Tensor: ...
+
+    def calibrates(self, stream: int, hidden: int) -> bool: ...
+
+
+class TaylorSeerCalibrator:
+    """cache-dit 1.5.3's TaylorSeer: derivative i+1 = (D_i - previous D_i) / gap, where gap is
+    the distance to the previous computed step; forecast = sum D_i * d**i / i!.
+
+    cache-dit creates a stream's state lazily inside its first update, so its step counter
+    lags the pipeline step by one and its ``current_step > 1`` guard first allows
+    derivatives at pipeline step 3. We keep that schedule (``step >= 3``), expressed in
+    pipeline steps, so forecasts match cache-dit's step for step.
+    """
+
+    FIRST_DERIVATIVE_STEP = 3
+
+    def __init__(self, config: TaylorSeerCalibratorConfig):
+        self.config = config
+        self.cache_type = config.calibrator_cache_type
+        self.derivs: dict[int, list[Optional[torch.Tensor]]] = {}
+        self.last_update: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"TaylorSeerCalibrator(order={self.config.taylorseer_order}, cache_type={self.cache_type!r})"
+
+    def calibrates(self, stream: int, hidden: int) -> bool:
+        return self.config.enable_calibrator if stream == hidden else self.config.enable_encoder_calibrator
+
+    def update(self, stream: int, value: torch.Tensor, step: int) -> None:
+        order = self.config.taylorseer_order
+        prev = self.derivs.get(stream, [None] * (order + 1))
+        window = float(step - self.last_update.get(stream, step - 1))
+        self.derivs[stream] = taylor_update(value, prev, window, order, step >= self.FIRST_DERIVATIVE_STEP)
+        self.last_update[stream] = step
+
+    def forecast(self, stream: int, step: int, base: Optional[torch.Tensor]) -> torch.Tensor:
+        return taylor_predict_apply(self.derivs[stream], float(step - self.last_update[stream]), base)
+
+
+def make_calibrator(config: Optional[TaylorSeerCalibratorConfig]) -> Optional[Calibrator]:
+    if config is None or not (config.enable_calibrator or config.enable_encoder_calibrator):
+        return None
+    if config.calibrator_type == "taylorseer":
+        return TaylorSeerCalibrator(config)
+    raise ValueError(f"calibrator_type={config.calibrator_type!r} is not supported: expected 'taylorseer'.")
