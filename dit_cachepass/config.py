@@ -51,6 +51,8 @@ class DBCacheConfig:
     warmup_interval: int = 1
     max_cached_steps: int = -1
     max_continuous_cached_steps: int = -1
+    #: None (auto): calls repeating the same timestep are separate CFG branches, each with its
+    #: own state; True: cache-dit's rule (calls alternate cond / uncond); False: one state.
     enable_separate_cfg: Optional[bool] = None
     cfg_compute_first: bool = False
     cfg_diff_compute_separate: bool = True
@@ -91,10 +93,10 @@ class DBCacheConfig:
             _fail(name, "steps_computation_policy", self.steps_computation_policy, "'dynamic' or 'static'")
         if self.loop_layout not in ("auto", "per_list", "chain"):
             _fail(name, "loop_layout", self.loop_layout, "'auto', 'per_list' or 'chain'")
-        if self.enable_separate_cfg:
-            raise ValueError(
-                f"{name}.enable_separate_cfg=True is not supported yet: separate-CFG branch keying "
-                "is tracked in the algorithms issue. Use batched CFG (one call per step) or leave it None.")
+        if not self.cfg_diff_compute_separate and self.cfg_compute_first:
+            _fail(name, "cfg_compute_first", True,
+                  "False when cfg_diff_compute_separate=False (the CFG branch reuses the cond branch's diff, "
+                  "so the cond branch must run first)")
 
     @property
     def threshold(self) -> float:

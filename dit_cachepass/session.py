@@ -52,9 +52,12 @@ class Session:
         self.backend = check_backend(backend)
         self.strict = strict
         self.list_lengths = list_lengths
-        self.states: dict[str, LoopState] = {}
+        self.states: dict[tuple[str, int], LoopState] = {}
         self.graphs: list[GraphReport] = []
         self.calls = 0  # transformer calls in the current generation
+        self.steps = 0  # pipeline steps begun in the current generation
+        self.branch = self.step = 0  # of the call in progress
+        self._repeat = 0
         self.generation = 0
         self._last_timestep: Optional[float] = None
         self._direction: Optional[int] = None
@@ -63,39 +66,66 @@ class Session:
         self.checked_first_forward = False
 
     def __repr__(self) -> str:
-        loops = ", ".join(self.states) or "none yet"
+        loops = ", ".join(s.name for s in self.states.values()) or "none yet"
         cal = f", {self.calibrator_config.strify()}" if self.calibrator_config else ""
         return (f"Session({self.config.strify()}{cal}, backend={self.backend!r}, loops=[{loops}], "
                 f"generation={self.generation}, calls={self.calls})")
 
     # -- state --------------------------------------------------------------------------
-    def state(self, name: str) -> LoopState:
-        if name not in self.states:
-            self.states[name] = LoopState(name, self.config, self.calibrator_config)
-        return self.states[name]
+    def state(self, name: str, branch: int = 0) -> LoopState:
+        """One state per loop and CFG branch (branch 0 = the first call of a step)."""
+        key = (name, branch)
+        if key not in self.states:
+            label = name if branch == 0 else f"{name} [cfg branch {branch}]"
+            partner = self.states.get((name, 0)) if branch else None
+            self.states[key] = LoopState(label, self.config, self.calibrator_config, partner=partner)
+        return self.states[key]
 
     def refresh(self) -> None:
         """Start a new generation at the next call."""
         self._pending_reset = True
 
     def observe_timestep(self, t: Any) -> None:
-        if not (self.config.detect_new_generation and isinstance(t, torch.Tensor) and t.numel()):
+        """Track the timestep: a repeat is another CFG branch of the same step; a jump
+        against the schedule's direction is a new generation."""
+        if not (isinstance(t, torch.Tensor) and t.numel()):
             return
         value = float(t.reshape(-1)[0])
         last = self._last_timestep
         self._last_timestep = value
-        if last is None or abs(value - last) <= 1e-6 * max(1.0, abs(value)):
-            return  # first call, or the second CFG call of a step
+        if last is not None and abs(value - last) <= 1e-6 * max(1.0, abs(value)):
+            self._repeat += 1  # the next CFG call of the same step
+            return
+        self._repeat = 0
+        if last is None or not self.config.detect_new_generation:
+            return
         direction = 1 if value > last else -1
         if self._direction is None:
             self._direction = direction  # most schedulers count down; Lumina2 counts up
         elif direction != self._direction:
             self._pending_reset = True  # the timestep jumped back: a new generation
 
+    def _branch(self) -> int:
+        mode = self.config.enable_separate_cfg
+        if mode is None:  # auto: the k-th call with the same timestep is branch k
+            return self._repeat
+        if mode:  # cache-dit's parity rule
+            return (self.calls % 2) ^ int(self.config.cfg_compute_first)
+        return 0
+
     def begin_call(self) -> None:
+        """Called once per transformer call, before any piece runs: sets ``branch`` and
+        ``step`` (the pipeline step, shared by the CFG branches of one step)."""
+        branch = self._branch()
         n = self.config.num_inference_steps
-        if self._pending_reset or (n is not None and self.calls >= n):
+        per_step = 2 if self.config.enable_separate_cfg else 1
+        if self._pending_reset or (n is not None and (
+                self.calls >= n * per_step if self.config.enable_separate_cfg else branch == 0 and self.steps >= n)):
             self._new_generation()
+            branch = self._branch()
+        if branch == 0 or self.steps == 0:
+            self.steps += 1
+        self.branch, self.step = branch, self.steps - 1
         self.calls += 1
 
     def _new_generation(self) -> None:
@@ -105,7 +135,7 @@ class Session:
             self.generation += 1
             for s in self.states.values():
                 s.new_generation()
-        self.calls = 0
+        self.calls = self.steps = 0
 
     # -- reporting ----------------------------------------------------------------------
     def no_loop(self, report: GraphReport) -> None:

@@ -45,7 +45,7 @@ class Summary:
         self.loops, self.config_tag = loops, config_tag
 
     @classmethod
-    def from_states(cls, states: dict[str, LoopState], config_tag: str) -> "Summary":
+    def from_states(cls, states: dict, config_tag: str) -> "Summary":
         loops = []
         for s in states.values():
             steps = s.records if s.records or not s.history else s.history[-1]

@@ -45,9 +45,10 @@ def test_fbcache_is_f1b0():
     assert (c.Fn_compute_blocks, c.Bn_compute_blocks, c.threshold) == (1, 0, 0.1)
 
 
-def test_unsupported_separate_cfg_is_explicit():
-    with pytest.raises(ValueError, match="enable_separate_cfg"):
-        dcp.DBCacheConfig(enable_separate_cfg=True)
+def test_cfg_diff_reuse_requires_cond_first():
+    with pytest.raises(ValueError, match="cfg_compute_first"):
+        dcp.DBCacheConfig(enable_separate_cfg=True, cfg_diff_compute_separate=False, cfg_compute_first=True)
+    assert dcp.DBCacheConfig(enable_separate_cfg=True, cfg_compute_first=True).cfg_compute_first
 
 
 def test_bad_backend_and_config_type():

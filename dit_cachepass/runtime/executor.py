@@ -17,18 +17,20 @@ if TYPE_CHECKING:
 
 
 class Runner:
-    """The callable the dynamo backend returns for one captured graph."""
+    """The callable the dynamo backend returns for one captured graph. Loop state lives in
+    the session (per loop and CFG branch), so graphs recompiled for new shapes share it."""
 
     def __init__(self, prog: SplitProgram, session: "Session", loop_names: list[str], backend: str):
         self.prog, self.session = prog, session
         self.fns = [LazyCompiled(p.gm, backend) for p in prog.pieces]
-        self.states = [session.state(name) for name in loop_names]
+        self.loop_names = loop_names
+        self.never_cache: dict[int, str] = {}
         for k, spec in prog.middles.items():
             if spec.unpaired:
-                self.states[k].never_cache = (
+                self.never_cache[k] = (
                     f"middle output(s) {', '.join(spec.unpaired)} are not block-to-block streams, so no "
                     "residual can rebuild them; reusing them would apply a stale tensor")
-                session.warn(f"loop {loop_names[k]} always computes: {self.states[k].never_cache}")
+                session.warn(f"loop {loop_names[k]} always computes: {self.never_cache[k]}")
         self.timestep_slot = next(
             (i for i, n in enumerate(prog.arg_names) if "timestep" in n.lower()), None)
 
@@ -49,7 +51,9 @@ class Runner:
 
     def _middle(self, piece, fn, env: list[Any]) -> None:
         spec = self.prog.middles[piece.loop]
-        state = self.states[piece.loop]
+        state = self.session.state(self.loop_names[piece.loop], self.session.branch)
+        state.step = self.session.step
+        state.never_cache = self.never_cache.get(piece.loop)
         ins = [env[i] for i, _ in spec.residual_pairs]
         outs = [o for _, o in spec.residual_pairs]
         fn_out = env[spec.hidden_inF]

@@ -33,7 +33,8 @@ class LoopState:
     name: str
     config: DBCacheConfig
     calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
-    step: int = 0
+    partner: Optional["LoopState"] = None  # the cond branch's state, for a CFG branch
+    step: int = 0  # the pipeline step of the call in progress (set by the runner)
     generation: int = 0
     fn_reference: Optional[torch.Tensor] = None
     residuals: list[torch.Tensor] = field(default_factory=list)
@@ -57,7 +58,7 @@ class LoopState:
         if self.records:
             self.history.append(self.records)
         self.records = []
-        self.step, self.continuous, self.accumulated = 0, 0, 0.0
+        self.continuous, self.accumulated = 0, 0.0
         self.fn_reference, self.residuals, self.values = None, [], []
         self.calibrator = make_calibrator(self.calibrator_config)
         self.generation += 1
@@ -80,17 +81,23 @@ class LoopState:
         if self.never_cache is not None:
             return Decision(False, "unsafe-middle")
         d = self.policy.decide(self.step, len(self.cached_steps), self.continuous, self.accumulated,
-                               reference is not None, lambda: float(ratio))
+                               reference is not None, lambda: self._shared_diff() or float(ratio))
         if reference is None and self.fn_reference is not None and d.reason == "no-reference":
             d = Decision(False, "shape-change")
         return d
+
+    def _shared_diff(self) -> Optional[float]:
+        """With ``cfg_diff_compute_separate=False`` a CFG branch reuses the cond branch's diff."""
+        if self.partner is None or self.config.cfg_diff_compute_separate:
+            return None
+        rec = self.partner.records[-1] if self.partner.records else None
+        return rec.diff if rec is not None and rec.step == self.step else None
 
     def record(self, d: Decision) -> None:
         self.records.append(StepRecord(self.step, d.cache, d.reason, d.diff))
         if d.diff is not None and d.diff > 0:
             self.accumulated += d.diff
         self.continuous = self.continuous + 1 if d.cache else 0
-        self.step += 1
 
     def store(self, fn_residual: torch.Tensor, residuals: list[torch.Tensor], values: list[object]) -> None:
         self.fn_reference = fn_residual
