@@ -7,6 +7,7 @@ torch.compile graph pass.
 """
 
 from .api import ExplainReport, LoopReport, compile, disable, explain, refresh, summary
+from .flops import count_flops
 from .config import DBCacheConfig, FBCacheConfig, TaylorSeerCalibratorConfig
 from .patterns import ForwardPattern
 from .session import UnsupportedModelError
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DBCacheConfig", "FBCacheConfig", "TaylorSeerCalibratorConfig", "ForwardPattern",
     "compile", "disable", "refresh", "summary", "explain", "ExplainReport", "LoopReport",
-    "Summary", "UnsupportedModelError",
+    "Summary", "UnsupportedModelError", "count_flops",
 ]

@@ -106,8 +106,7 @@ def refresh(module: torch.nn.Module) -> None:
 
 def summary(module: Any) -> Summary:
     """Per-loop cached/computed steps and diffs of the current generation."""
-    s = _session(module)
-    return Summary.from_states(s.states, s.config.strify())
+    return Summary.from_session(_session(module))
 
 
 @dataclass

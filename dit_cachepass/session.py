@@ -54,6 +54,7 @@ class Session:
         self.list_lengths = list_lengths
         self.states: dict[tuple[str, int], LoopState] = {}
         self.graphs: list[GraphReport] = []
+        self.runners: list[Any] = []  # one Runner per cached graph, newest last
         self.calls = 0  # transformer calls in the current generation
         self.steps = 0  # pipeline steps begun in the current generation
         self.branch = self.step = 0  # of the call in progress

@@ -15,6 +15,7 @@ class LoopSummary:
     name: str
     steps: list[StepRecord]  # current (or last finished) generation
     generations: int
+    middle_flops: int = 0  # FLOPs of one run of this loop's middle
 
     @property
     def cached_steps(self) -> list[int]:
@@ -41,16 +42,40 @@ class LoopSummary:
 class Summary:
     """``summary.cached_steps`` = cached steps of the first loop in the current generation."""
 
-    def __init__(self, loops: list[LoopSummary], config_tag: str):
+    def __init__(self, loops: list[LoopSummary], config_tag: str, call_flops: int = 0, calls: int = 0):
         self.loops, self.config_tag = loops, config_tag
+        self.call_flops, self.calls = call_flops, calls
 
     @classmethod
-    def from_states(cls, states: dict, config_tag: str) -> "Summary":
+    def from_session(cls, session) -> "Summary":
+        runner = session.runners[-1] if session.runners else None
+        flops = runner.piece_flops() if runner is not None else []
+        middle = {}
+        if runner is not None:
+            for piece, f in zip(runner.prog.pieces, flops):
+                if piece.kind == "middle":
+                    middle[runner.loop_names[piece.loop]] = f
         loops = []
-        for s in states.values():
+        for (name, _branch), s in session.states.items():
             steps = s.records if s.records or not s.history else s.history[-1]
-            loops.append(LoopSummary(s.name, list(steps), len(s.history) + (1 if s.records else 0)))
-        return cls(loops, config_tag)
+            loops.append(LoopSummary(s.name, list(steps), len(s.history) + (1 if s.records else 0),
+                                     middle.get(name, 0)))
+        first = next(iter(session.states), (None, 0))[0]
+        calls = sum(len(l.steps) for (name, _), l in zip(session.states, loops) if name == first)
+        return cls(loops, session.config.strify(), sum(flops), calls)
+
+    @property
+    def full_flops(self) -> int:
+        """FLOPs of the same calls without the cache (counted per piece with FlopCounterMode)."""
+        return self.call_flops * self.calls
+
+    @property
+    def executed_flops(self) -> int:
+        return self.full_flops - sum(l.middle_flops * len(l.cached_steps) for l in self.loops)
+
+    @property
+    def ideal_speedup(self) -> float:
+        return self.full_flops / self.executed_flops if self.executed_flops else 1.0
 
     @property
     def cached_steps(self) -> list[int]:
@@ -74,4 +99,7 @@ class Summary:
         for l in self.loops:
             marks = "".join("C" if r.cached else "." for r in l.steps)
             lines.append(f"{l.name}: cached steps {l.cached_steps}  timeline [{marks}] (C = cached)")
+        if self.full_flops:
+            lines.append(f"FLOPs: executed {self.executed_flops / 1e9:,.3f} G of {self.full_flops / 1e9:,.3f} G "
+                         f"over {self.calls} calls (ideal speedup {self.ideal_speedup:.2f}x)")
         return "\n".join(lines)

@@ -165,3 +165,17 @@ def test_count_up_timesteps_are_one_generation_until_they_jump_back():
     st = dcp.summary(m).loops[0]
     assert st.generations == 2 and [r.step for r in st.steps] == list(range(5))
     assert st.cached_steps, "the rising timestep must not reset the cache every step"
+
+
+def test_summary_counts_executed_and_full_flops_per_piece():
+    _, m = make()
+    for s in range(6):
+        call(m, s)
+    sm = dcp.summary(m)
+    torch.manual_seed(0)
+    per_call = dcp.count_flops(ToyDiT().eval(), **toy_inputs(0))
+    assert sm.call_flops == per_call and sm.calls == 6
+    cached = len(sm.cached_steps)
+    assert cached and sm.loops[0].middle_flops > 0
+    assert sm.executed_flops == 6 * per_call - cached * sm.loops[0].middle_flops
+    assert sm.ideal_speedup > 1 and "ideal speedup" in str(sm)

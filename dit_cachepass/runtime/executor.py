@@ -3,11 +3,12 @@ compute it or to rebuild its outputs from the cached residuals."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.fx as fx
 
+from ..flops import count_graph_flops, to_meta
 from ..kernels import apply_residuals, fused_residual_diff
 from ..lower import LazyCompiled
 from ..rewrite import Slot, SplitProgram
@@ -24,6 +25,9 @@ class Runner:
         self.prog, self.session = prog, session
         self.fns = [LazyCompiled(p.gm, backend) for p in prog.pieces]
         self.loop_names = loop_names
+        self.meta_args: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
+        self._flops: Optional[list[int]] = None
+        session.runners.append(self)
         self.never_cache: dict[int, str] = {}
         for k, spec in prog.middles.items():
             if spec.unpaired:
@@ -41,13 +45,22 @@ class Runner:
         if self.timestep_slot is not None:
             self.session.observe_timestep(args[self.timestep_slot])
         self.session.begin_call()
-        for piece, fn in zip(prog.pieces, self.fns):
+        for i, (piece, fn) in enumerate(zip(prog.pieces, self.fns)):
+            if self.meta_args[i] is None:
+                self.meta_args[i] = to_meta([env[j] for j in piece.inputs])
             if piece.kind == "middle":
                 self._middle(piece, fn, env)
             else:
                 for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
                     env[s] = v
         return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
+
+    def piece_flops(self) -> list[int]:
+        """FLOPs of one run of each piece, counted once on meta tensors (no compute)."""
+        if self._flops is None:
+            self._flops = [count_graph_flops(p.gm, args) if args is not None else 0
+                           for p, args in zip(self.prog.pieces, self.meta_args)]
+        return self._flops
 
     def _middle(self, piece, fn, env: list[Any]) -> None:
         spec = self.prog.middles[piece.loop]
