@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 
 from .backend import analyse, build, _SESSIONS
-from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .config import DBCacheConfig, ParamsModifier, TaylorSeerCalibratorConfig
 from .matcher import NO_BLOCK_LIST
 from .session import Session
 from .stats import Summary
@@ -42,6 +42,7 @@ def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Cal
 
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
             calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+            params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
             backend: str = "inductor", strict: bool = False) -> torch.nn.Module:
     """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
 
@@ -50,14 +51,16 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     ``backend``: "inductor" (default), "aot_eager" or "eager" (debugging, fast CPU tests).
     ``strict=True`` raises instead of running uncached when no loop can be cached.
     ``calibrator_config``: a ``TaylorSeerCalibratorConfig`` forecasts the middle's residual on
-    cached steps instead of reusing it unchanged.
+    cached steps instead of reusing it unchanged. ``params_modifiers[k]`` overrides the config
+    of the k-th cached loop (graph order; see ``explain``); a single ``ParamsModifier`` applies
+    to every loop.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
     if hasattr(module, _ATTR):
         disable(module)
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
-                      calibrator_config=calibrator_config)
+                      calibrator_config=calibrator_config, params_modifiers=params_modifiers)
     session.previous_forward = module.__dict__.get("forward")
     compiled = torch.compile(_isolated_forward(module, session.previous_forward), backend=lambda gm, ex: build(gm, ex, session),
                              dynamic=False)
@@ -71,6 +74,47 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     module.forward = forward
     setattr(module, _ATTR, session)
     return module
+
+
+def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = None, *,
+                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+                 params_modifiers: Optional[list] = None, backend: str = "inductor",
+                 strict: bool = False) -> Any:
+    """cache-dit's drop-in: cache every transformer of a diffusers pipeline (or one module).
+
+    Each transformer (``transformer``, ``transformer_2`` ...) gets its own session and state.
+    ``params_modifiers``: for one module, a list of ``ParamsModifier`` (one per loop); for a
+    pipeline, one entry per transformer in component order, each a ``ParamsModifier`` (for all
+    its loops) or a list of them (one per loop). Returns ``pipe_or_module``.
+    """
+    if isinstance(pipe_or_module, torch.nn.Module):
+        return compile(pipe_or_module, cache_config, calibrator_config=calibrator_config,
+                       params_modifiers=params_modifiers, backend=backend, strict=strict)
+    components = getattr(pipe_or_module, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(f"enable_cache expects a diffusers pipeline or an nn.Module, got {type(pipe_or_module).__name__}")
+    names = [n for n, c in components.items() if n.startswith("transformer") and isinstance(c, torch.nn.Module)]
+    if not names:
+        raise ValueError(f"{type(pipe_or_module).__name__} has no transformer component to cache "
+                         f"(components: {sorted(components)})")
+    mods = list(params_modifiers or [])
+    if len(mods) > len(names):
+        raise ValueError(f"params_modifiers has {len(mods)} entries but the pipeline has {len(names)} "
+                         f"transformer(s): {names}")
+    for i, name in enumerate(names):
+        compile(components[name], cache_config, calibrator_config=calibrator_config,
+                params_modifiers=mods[i] if i < len(mods) else None, backend=backend, strict=strict)
+    return pipe_or_module
+
+
+def disable_cache(pipe_or_module: Any) -> Any:
+    """Undo ``enable_cache``."""
+    if isinstance(pipe_or_module, torch.nn.Module):
+        return disable(pipe_or_module)
+    for name, c in getattr(pipe_or_module, "components", {}).items():
+        if isinstance(c, torch.nn.Module) and hasattr(c, _ATTR):
+            disable(c)
+    return pipe_or_module
 
 
 def _session(obj: Any) -> Session:
@@ -173,7 +217,9 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
     each, the Fn / middle / Bn split, or why nothing matched. Runs the model eagerly once."""
     existing = getattr(module, _ATTR, None)
     config = cache_config or (existing.config if existing else DBCacheConfig())
-    session = Session(config, backend="eager", list_lengths=_list_lengths(module))
+    session = Session(config, backend="eager", list_lengths=_list_lengths(module),
+                      params_modifiers=(existing.params_modifiers[0] if existing.modifier_for_all
+                                        else existing.params_modifiers) if existing else None)
     reports = []
 
     def backend(gm, ex):

@@ -26,7 +26,7 @@ _SESSIONS: dict[int, tuple[dict, Session]] = {}
 def analyse(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session):
     cap = capture(gm, example_inputs)
     found = match(cap, session.config.loop_layout, session.list_lengths)
-    cplan = plan(found.loops, session.config)
+    cplan = plan(found.loops, [session.config_for(k) for k in range(len(found.loops))])
     report = GraphReport(len(cap.order), cplan.loops, found.reasons, found.notes, cplan.skipped)
     return cap, cplan, report
 
@@ -39,7 +39,7 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
         return compile_graph(gm, example_inputs, session.backend)
     prog = split(cap, cplan)
     report.pieces = prog.pieces
-    return Runner(prog, session, [lp.name for lp in cplan.loops], session.backend)
+    return Runner(prog, session, cplan.loops, session.backend)
 
 
 def session_for_options(options: Optional[dict]) -> Session:

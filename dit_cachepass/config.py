@@ -146,3 +146,32 @@ class TaylorSeerCalibratorConfig:
 
     def strify(self) -> str:
         return f"T1O{self.taylorseer_order}"
+
+
+@dataclass
+class ParamsModifier:
+    """Per-loop overrides, matched to a transformer's cached loops by position (in graph order).
+
+    ``ParamsModifier(Fn_compute_blocks=4, residual_diff_threshold=0.12)`` changes only those
+    fields of the base config; ``cache_config=`` replaces the whole config and
+    ``calibrator_config=`` the calibrator. (cache-dit 1.5.3 merges every non-None field of a
+    modifier's config, so its defaults silently overwrite the base; ours changes only what
+    is named.)
+    """
+
+    cache_config: Optional[DBCacheConfig] = None
+    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    overrides: dict = field(default_factory=dict)
+
+    def __init__(self, cache_config: Optional[DBCacheConfig] = None,
+                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None, **overrides: Any):
+        known = {f.name for f in dataclasses.fields(DBCacheConfig) if f.init}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"ParamsModifier got unknown DBCacheConfig field(s) {unknown}; "
+                             f"valid fields: {sorted(known)}")
+        self.cache_config, self.calibrator_config, self.overrides = cache_config, calibrator_config, overrides
+        self.apply(DBCacheConfig())  # validate the overrides now, not at the first forward
+
+    def apply(self, base: DBCacheConfig) -> DBCacheConfig:
+        return dataclasses.replace(self.cache_config or base, **self.overrides)

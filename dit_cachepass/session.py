@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
-from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .config import DBCacheConfig, ParamsModifier, TaylorSeerCalibratorConfig
 from .lower import check_backend
 from .runtime.state import LoopState
 
@@ -41,7 +41,8 @@ class GraphReport:
 class Session:
     def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
                  strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
-                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None):
+                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+                 params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None):
         self.config = config if config is not None else DBCacheConfig()
         if not isinstance(self.config, DBCacheConfig):
             raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
@@ -49,6 +50,15 @@ class Session:
             raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig, got "
                             f"{type(calibrator_config).__name__}")
         self.calibrator_config = calibrator_config
+        if isinstance(params_modifiers, ParamsModifier):
+            params_modifiers = [params_modifiers]
+            self.modifier_for_all = True
+        else:
+            self.modifier_for_all = False
+        self.params_modifiers = list(params_modifiers or [])
+        for k, pm in enumerate(self.params_modifiers):
+            if not isinstance(pm, ParamsModifier):
+                raise TypeError(f"params_modifiers[{k}] must be a ParamsModifier, got {type(pm).__name__}")
         self.backend = check_backend(backend)
         self.strict = strict
         self.list_lengths = list_lengths
@@ -73,13 +83,23 @@ class Session:
                 f"generation={self.generation}, calls={self.calls})")
 
     # -- state --------------------------------------------------------------------------
-    def state(self, name: str, branch: int = 0) -> LoopState:
+    def config_for(self, loop_index: int) -> tuple[DBCacheConfig, Optional[TaylorSeerCalibratorConfig]]:
+        """The config of the k-th loop (in graph order), ParamsModifier applied."""
+        if self.modifier_for_all:
+            loop_index = 0
+        if loop_index >= len(self.params_modifiers):
+            return self.config, self.calibrator_config
+        pm = self.params_modifiers[loop_index]
+        return pm.apply(self.config), pm.calibrator_config or self.calibrator_config
+
+    def state(self, name: str, branch: int, config: DBCacheConfig,
+              calibrator_config: Optional[TaylorSeerCalibratorConfig]) -> LoopState:
         """One state per loop and CFG branch (branch 0 = the first call of a step)."""
         key = (name, branch)
         if key not in self.states:
             label = name if branch == 0 else f"{name} [cfg branch {branch}]"
             partner = self.states.get((name, 0)) if branch else None
-            self.states[key] = LoopState(label, self.config, self.calibrator_config, partner=partner)
+            self.states[key] = LoopState(label, config, calibrator_config, partner=partner)
         return self.states[key]
 
     def refresh(self) -> None:

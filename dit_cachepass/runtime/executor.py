@@ -8,23 +8,34 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 import torch.fx as fx
 
-from ..flops import count_graph_flops, to_meta
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ..flops import flop_counter
 from ..kernels import apply_residuals, fused_residual_diff
 from ..lower import LazyCompiled
 from ..rewrite import Slot, SplitProgram
 
 if TYPE_CHECKING:
+    from ..plan import LoopPlan
     from ..session import Session
+
+
+def _spec(v: Any) -> Any:
+    """What is needed to rebuild a fake twin of an argument (tensors are not kept alive)."""
+    if isinstance(v, torch.Tensor):
+        return (tuple(v.shape), tuple(v.stride()), dict(dtype=v.dtype, device=v.device))
+    return v
 
 
 class Runner:
     """The callable the dynamo backend returns for one captured graph. Loop state lives in
     the session (per loop and CFG branch), so graphs recompiled for new shapes share it."""
 
-    def __init__(self, prog: SplitProgram, session: "Session", loop_names: list[str], backend: str):
+    def __init__(self, prog: SplitProgram, session: "Session", loops: list["LoopPlan"], backend: str):
         self.prog, self.session = prog, session
         self.fns = [LazyCompiled(p.gm, backend) for p in prog.pieces]
-        self.loop_names = loop_names
+        self.loops = loops
+        self.loop_names = loop_names = [lp.name for lp in loops]
         self.meta_args: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
         self._flops: Optional[list[int]] = None
         session.runners.append(self)
@@ -47,7 +58,7 @@ class Runner:
         self.session.begin_call()
         for i, (piece, fn) in enumerate(zip(prog.pieces, self.fns)):
             if self.meta_args[i] is None:
-                self.meta_args[i] = to_meta([env[j] for j in piece.inputs])
+                self.meta_args[i] = [_spec(env[j]) for j in piece.inputs]
             if piece.kind == "middle":
                 self._middle(piece, fn, env)
             else:
@@ -56,15 +67,25 @@ class Runner:
         return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
 
     def piece_flops(self) -> list[int]:
-        """FLOPs of one run of each piece, counted once on meta tensors (no compute)."""
+        """FLOPs of one run of each piece, counted once under FakeTensorMode (no memory, no
+        compute; fake rather than meta because pieces may create tensors on a fixed device)."""
         if self._flops is None:
-            self._flops = [count_graph_flops(p.gm, args) if args is not None else 0
-                           for p, args in zip(self.prog.pieces, self.meta_args)]
+            self._flops = []
+            for piece, specs in zip(self.prog.pieces, self.meta_args):
+                if specs is None:
+                    self._flops.append(0)
+                    continue
+                with FakeTensorMode(allow_non_fake_inputs=True):
+                    args = [torch.empty_strided(s[0], s[1], **s[2]) if isinstance(s, tuple) else s for s in specs]
+                    with flop_counter() as counter:
+                        piece.gm(*args)
+                self._flops.append(counter.get_total_flops())
         return self._flops
 
     def _middle(self, piece, fn, env: list[Any]) -> None:
         spec = self.prog.middles[piece.loop]
-        state = self.session.state(self.loop_names[piece.loop], self.session.branch)
+        lp = self.loops[piece.loop]
+        state = self.session.state(lp.name, self.session.branch, lp.config, lp.calibrator_config)
         state.step = self.session.step
         state.never_cache = self.never_cache.get(piece.loop)
         ins = [env[i] for i, _ in spec.residual_pairs]
