@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch.fx as fx
 
 from .capture import capture
-from .lower import compile_graph
+from .lower import compile_graph, has_symbolic_inputs
 from .matcher import match
 from .plan import plan
 from .rewrite import split
@@ -39,7 +39,7 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
         return compile_graph(gm, example_inputs, session.backend)
     prog = split(cap, cplan)
     report.pieces = prog.pieces
-    return Runner(prog, session, cplan.loops, session.backend)
+    return Runner(prog, session, cplan.loops, session.backend, symbolic=has_symbolic_inputs(gm))
 
 
 def session_for_options(options: Optional[dict]) -> Session:

@@ -7,7 +7,7 @@ between pieces costs no recompile.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -31,15 +31,60 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: st
     return compile_fx(gm, list(example_inputs))
 
 
-class LazyCompiled:
-    """A piece compiled on first use; ``__call__(*args)`` returns the piece's output tuple."""
+def _signature(args: Sequence[Any]) -> tuple:
+    return tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
 
-    __slots__ = ("gm", "backend", "fn")
+
+def _without_fake_meta(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of the piece without dynamo's fake values: they belong to dynamo's ShapeEnv
+    (symbolic sizes under dynamic=True) and must not leak into Inductor's own trace."""
+    gm = fx.GraphModule(gm, gm.graph.__deepcopy__())
+    for node in gm.graph.nodes:
+        node.meta.pop("example_value", None)
+        node.meta.pop("val", None)
+    return gm
+
+
+def has_symbolic_inputs(gm: fx.GraphModule) -> bool:
+    """Was the graph captured with dynamic shapes (SymInt inputs or symbolic tensor sizes)?"""
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        v = node.meta.get("example_value")
+        if isinstance(v, torch.SymInt) or (isinstance(v, torch.Tensor) and any(
+                isinstance(d, torch.SymInt) for d in v.shape)):
+            return True
+    return False
+
+
+def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool) -> Callable:
+    """Statically captured pieces are compiled lazily per shape (``LazyCompiled``); pieces of a
+    graph captured with dynamic shapes are re-traced by dynamo, which specializes and guards
+    each shape itself (their fake metadata belongs to the parent capture's ShapeEnv)."""
+    if symbolic and backend != "eager":
+        return torch.compile(_without_fake_meta(gm), backend=backend, dynamic=False)
+    return LazyCompiled(gm, backend)
+
+
+class LazyCompiled:
+    """A piece compiled on first use, once per input-shape signature (a graph captured with
+    dynamic shapes serves several shapes; a statically compiled piece serves one).
+    ``__call__(*args)`` returns the piece's output tuple."""
+
+    __slots__ = ("gm", "backend", "fns", "last")
 
     def __init__(self, gm: fx.GraphModule, backend: str):
-        self.gm, self.backend, self.fn = gm, backend, None
+        self.gm, self.backend = gm, backend
+        self.fns: dict[tuple, Callable] = {}
+        self.last: Optional[tuple[tuple, Callable]] = None
 
     def __call__(self, *args: Any) -> Any:
-        if self.fn is None:
-            self.fn = compile_graph(self.gm, args, self.backend)
-        return self.fn(*args)
+        if self.backend == "eager":
+            return self.gm(*args)
+        sig = _signature(args)
+        if self.last is None or self.last[0] != sig:  # the common case: same shapes as last call
+            fn = self.fns.get(sig)
+            if fn is None:
+                fn = self.fns[sig] = compile_graph(_without_fake_meta(self.gm), args, self.backend)
+            self.last = (sig, fn)
+        return self.last[1](*args)

@@ -49,7 +49,7 @@ class Summary:
     @classmethod
     def from_session(cls, session) -> "Summary":
         runner = session.runners[-1] if session.runners else None
-        flops = runner.piece_flops() if runner is not None else []
+        flops = (runner.piece_flops() if runner is not None else []) or []
         middle = {}
         if runner is not None:
             for piece, f in zip(runner.prog.pieces, flops):

@@ -179,3 +179,17 @@ def test_summary_counts_executed_and_full_flops_per_piece():
     assert cached and sm.loops[0].middle_flops > 0
     assert sm.executed_flops == 6 * per_call - cached * sm.loops[0].middle_flops
     assert sm.ideal_speedup > 1 and "ideal speedup" in str(sm)
+
+
+def test_dynamic_shape_capture_serves_two_resolutions():
+    """torch.compile(..., backend="dit_cache", dynamic=True): one graph with symbolic sizes;
+    pieces are specialized per shape, and a new resolution starts from a full compute."""
+    torch.manual_seed(0)
+    ref = ToyDiT().eval()
+    torch.manual_seed(0)
+    t = torch.compile(ToyDiT().eval(), backend="dit_cache", dynamic=True,
+                      options={"cache_config": dcp.DBCacheConfig(**{**CFG, "residual_diff_threshold": 0.0}),
+                               "backend": "aot_eager"})
+    for tokens in (16, 24):
+        for s in range(3):
+            torch.testing.assert_close(call(t, s, tokens=tokens), call(ref, s, tokens=tokens), rtol=1e-5, atol=1e-5)

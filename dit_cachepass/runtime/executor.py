@@ -12,7 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..flops import flop_counter
 from ..kernels import apply_residuals, fused_residual_diff
-from ..lower import LazyCompiled
+from ..lower import compile_piece
 from ..rewrite import Slot, SplitProgram
 
 if TYPE_CHECKING:
@@ -31,9 +31,10 @@ class Runner:
     """The callable the dynamo backend returns for one captured graph. Loop state lives in
     the session (per loop and CFG branch), so graphs recompiled for new shapes share it."""
 
-    def __init__(self, prog: SplitProgram, session: "Session", loops: list["LoopPlan"], backend: str):
+    def __init__(self, prog: SplitProgram, session: "Session", loops: list["LoopPlan"], backend: str,
+                 symbolic: bool = False):
         self.prog, self.session = prog, session
-        self.fns = [LazyCompiled(p.gm, backend) for p in prog.pieces]
+        self.fns = [compile_piece(p.gm, backend, symbolic) for p in prog.pieces]
         self.loops = loops
         self.loop_names = loop_names = [lp.name for lp in loops]
         self.meta_args: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
@@ -66,20 +67,26 @@ class Runner:
                     env[s] = v
         return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
 
-    def piece_flops(self) -> list[int]:
+    def piece_flops(self) -> Optional[list[int]]:
         """FLOPs of one run of each piece, counted once under FakeTensorMode (no memory, no
-        compute; fake rather than meta because pieces may create tensors on a fixed device)."""
+        compute; fake rather than meta because pieces may create tensors on a fixed device).
+        None when a piece cannot run on fake tensors (data-dependent scalars)."""
         if self._flops is None:
-            self._flops = []
-            for piece, specs in zip(self.prog.pieces, self.meta_args):
-                if specs is None:
-                    self._flops.append(0)
-                    continue
-                with FakeTensorMode(allow_non_fake_inputs=True):
-                    args = [torch.empty_strided(s[0], s[1], **s[2]) if isinstance(s, tuple) else s for s in specs]
-                    with flop_counter() as counter:
-                        piece.gm(*args)
-                self._flops.append(counter.get_total_flops())
+            flops = []
+            try:
+                for piece, specs in zip(self.prog.pieces, self.meta_args):
+                    if specs is None:
+                        flops.append(0)
+                        continue
+                    with FakeTensorMode(allow_non_fake_inputs=True):
+                        args = [torch.empty_strided(s[0], s[1], **s[2]) if isinstance(s, tuple) else s
+                                for s in specs]
+                        with flop_counter() as counter:
+                            piece.gm(*args)
+                    flops.append(counter.get_total_flops())
+            except Exception:  # accounting must never break a run or a summary
+                return None
+            self._flops = flops
         return self._flops
 
     def _middle(self, piece, fn, env: list[Any]) -> None:
