@@ -42,8 +42,9 @@ class LoopSummary:
 class Summary:
     """``summary.cached_steps`` = cached steps of the first loop in the current generation."""
 
-    def __init__(self, loops: list[LoopSummary], config_tag: str, call_flops: int = 0, calls: int = 0):
-        self.loops, self.config_tag = loops, config_tag
+    def __init__(self, loops: list[LoopSummary], config_tag: str, call_flops: int = 0, calls: int = 0,
+                 threshold: Optional[float] = None):
+        self.loops, self.config_tag, self.threshold = loops, config_tag, threshold
         self.call_flops, self.calls = call_flops, calls
 
     @classmethod
@@ -62,7 +63,7 @@ class Summary:
                                      middle.get(name, 0)))
         first = next(iter(session.states), (None, 0))[0]
         calls = sum(len(l.steps) for (name, _), l in zip(session.states, loops) if name == first)
-        return cls(loops, session.config.strify(), sum(flops), calls)
+        return cls(loops, session.config.strify(), sum(flops), calls, session.config.threshold)
 
     @property
     def full_flops(self) -> int:
@@ -80,6 +81,35 @@ class Summary:
     @property
     def cached_steps(self) -> list[int]:
         return self.loops[0].cached_steps if self.loops else []
+
+    def plot(self, path: str, threshold: Optional[float] = None) -> str:
+        """Per-step timeline of every loop: the diff against the threshold, cached steps marked.
+        Needs matplotlib (``pip install matplotlib``). Returns ``path``."""
+        threshold = self.threshold if threshold is None else threshold
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(len(self.loops) or 1, 1, figsize=(8, 2.4 * max(1, len(self.loops))),
+                                 squeeze=False)
+        for ax, loop in zip(axes[:, 0], self.loops):
+            steps = [r.step for r in loop.steps]
+            diffs = [r.diff if r.diff is not None else float("nan") for r in loop.steps]
+            ax.plot(steps, diffs, "o-", color="tab:blue", label="rel. L1 diff of Fn residual")
+            for r in loop.steps:
+                if r.cached:
+                    ax.axvspan(r.step - 0.5, r.step + 0.5, color="tab:green", alpha=0.2, lw=0)
+            if threshold is not None:
+                ax.axhline(threshold, color="tab:red", ls="--", label=f"threshold {threshold:g}")
+            ax.set_title(f"{loop.name}: {len(loop.cached_steps)}/{len(loop.steps)} steps cached (green)")
+            ax.set_xlabel("step")
+            ax.legend(loc="upper right", fontsize=8)
+        fig.suptitle(f"dit_cachepass {self.config_tag}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{l.name}: {len(l.cached_steps)}/{len(l.steps)} cached" for l in self.loops)

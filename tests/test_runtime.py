@@ -193,3 +193,12 @@ def test_dynamic_shape_capture_serves_two_resolutions():
     for tokens in (16, 24):
         for s in range(3):
             torch.testing.assert_close(call(t, s, tokens=tokens), call(ref, s, tokens=tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_summary_plot_writes_a_png(tmp_path):
+    _, m = make()
+    for s in range(5):
+        call(m, s)
+    path = dcp.summary(m).plot(str(tmp_path / "timeline.png"), threshold=0.5)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
