@@ -27,7 +27,7 @@ from . import (CLS_PREFIX, COND_PREFIX, DIT_PREFIX, IMAGE_SIZE, MODEL_CONFIG, NU
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=WEIGHTS_PATH)
-    p.add_argument("--steps", type=int, default=1400, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
