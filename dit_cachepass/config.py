@@ -102,6 +102,11 @@ class DBCacheConfig:
     def threshold(self) -> float:
         return float(self.residual_diff_threshold)
 
+    non_prune_block_ids = ()  # DBPrune's field; DBCache never prunes single blocks
+
+    def prune_threshold(self, step_diffs: Sequence[float]) -> float:
+        return self.threshold
+
     def update(self, **kwargs: Any) -> "DBCacheConfig":
         """Return a copy with the given fields replaced (validated again)."""
         return dataclasses.replace(self, **kwargs)
@@ -119,6 +124,44 @@ class DBCacheConfig:
         if self.num_inference_steps is not None:
             s += f"_N{self.num_inference_steps}"
         return s
+
+
+@dataclass
+class DBPruneConfig(DBCacheConfig):
+    """Dynamic Block Prune: every middle block decides on its own whether to reuse its last
+    residual, from the relative L1 change of its INPUT since its last computed call. The first
+    ``Fn_compute_blocks``, the last ``Bn_compute_blocks`` and ``non_prune_block_ids`` always run.
+    ``max_cached_steps`` caps the steps with any pruned block (cache-dit 1.5.3 has no separate
+    ``max_pruned_steps``)."""
+
+    enable_dynamic_prune_threshold: bool = False
+    max_dynamic_prune_threshold: Optional[float] = None
+    dynamic_prune_threshold_relax_ratio: float = 1.25
+    non_prune_block_ids: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.cache_type = "DBPrune"
+        name = type(self).__name__
+        _check_float(name, "max_dynamic_prune_threshold", self.max_dynamic_prune_threshold, 0.0, allow_none=True)
+        _check_float(name, "dynamic_prune_threshold_relax_ratio", self.dynamic_prune_threshold_relax_ratio, 0.0)
+        ids = list(self.non_prune_block_ids)
+        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids):
+            _fail(name, "non_prune_block_ids", self.non_prune_block_ids, "a list of block indices >= 0")
+        self.non_prune_block_ids = ids
+
+    def prune_threshold(self, step_diffs: Sequence[float]) -> float:
+        """cache-dit's dynamic threshold: relax the base towards the mean of the first (<= 5)
+        positive diffs of this step, capped at ``max_dynamic_prune_threshold`` (2x base)."""
+        base = self.threshold
+        if not self.enable_dynamic_prune_threshold:
+            return base
+        first = [d for d in step_diffs[:5] if d > 0]
+        if not first:
+            return base
+        relaxed = sum(first) / len(first) * self.dynamic_prune_threshold_relax_ratio
+        cap = self.max_dynamic_prune_threshold if self.max_dynamic_prune_threshold is not None else 2 * base
+        return max(relaxed, base) if relaxed < cap else base
 
 
 def FBCacheConfig(residual_diff_threshold: float = 0.08, **kwargs: Any) -> DBCacheConfig:

@@ -22,6 +22,11 @@ class LoopPlan:
     def name(self) -> str:
         return self.loop.name
 
+    @property
+    def per_block(self) -> bool:
+        """DBPrune decides per middle block, so its middle is split per block."""
+        return self.config.cache_type == "DBPrune"
+
     def role(self, i: int) -> str:
         return "Fn" if i in self.fn else "middle" if i in self.middle else "Bn"
 

@@ -19,7 +19,8 @@ import torch.fx as fx
 from .capture import CapturedGraph
 from .plan import CachePlan
 
-_ROLE_OFFSET = {"Fn": 1, "middle": 2, "Bn": 3}
+_ROLE_RANK = {"Fn": 1, "middle": 2, "Bn": 3}
+Seg = tuple[int, int, int]  # (loop, role rank: 0 glue before / 1 Fn / 2 middle / 3 Bn, block for DBPrune)
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,13 @@ class Piece:
     gm: fx.GraphModule
     inputs: list[int]
     outputs: list[int]
+    block: Optional[int] = None  # the block of a per-block (DBPrune) middle piece
+    spec: Optional["MiddleSpec"] = None  # for middle pieces: how to skip them
 
     def __repr__(self) -> str:
         nodes = sum(1 for n in self.gm.graph.nodes if n.op not in ("placeholder", "output"))
         where = f" loop {self.loop}" if self.loop is not None else ""
+        where += f" block {self.block}" if self.block is not None else ""
         return f"Piece({self.kind}{where}, {nodes} ops, {len(self.inputs)} in, {len(self.outputs)} out)"
 
 
@@ -48,7 +52,7 @@ class MiddleSpec:
     """What the runtime needs to skip one loop's middle piece."""
 
     hidden_in0: int  # hidden stream entering the loop's first block
-    hidden_inF: int  # hidden stream entering the middle (= leaving Fn)
+    hidden_inF: int  # hidden stream entering the middle (= leaving Fn; DBPrune: entering the block)
     residual_pairs: list[tuple[int, int]]  # (middle input slot, middle output slot)
     hidden_pair: Optional[int]  # index of the hidden stream in residual_pairs
     value_outputs: list[int]  # non-tensor middle outputs (sizes), reused as stored values
@@ -61,32 +65,30 @@ class SplitProgram:
     n_args: int
     n_slots: int
     output: Any  # the graph's output structure with slots in place of nodes
-    middles: dict[int, MiddleSpec] = field(default_factory=dict)
     arg_names: list[str] = field(default_factory=list)
 
 
-def _segments(cap: CapturedGraph, cplan: CachePlan) -> dict[fx.Node, int]:
-    role_seg: dict[fx.Node, int] = {}
+def _segments(cap: CapturedGraph, cplan: CachePlan) -> dict[fx.Node, Seg]:
+    own_seg: dict[fx.Node, Seg] = {}
     ends = []
     for k, lp in enumerate(cplan.loops):
         for i, block in enumerate(lp.loop.blocks):
+            role = lp.role(i)
             for node in block.nodes:
-                role_seg[node] = 4 * k + _ROLE_OFFSET[lp.role(i)]
+                own_seg[node] = (k, _ROLE_RANK[role], i if role == "middle" and lp.per_block else 0)
         ends.append(cap.order[lp.loop.blocks[-1].last])
-    seg: dict[fx.Node, int] = {}
+    seg: dict[fx.Node, Seg] = {}
     for node in cap.gm.graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
-        floor = max((4 * k + 3 for k, end in enumerate(ends) if cap.order[node] > end), default=0)
-        own = role_seg.get(node, floor)
+        floor = max(((k, 3, 0) for k, end in enumerate(ends) if cap.order[node] > end), default=(0, 0, 0))
+        own = own_seg.get(node, floor)
         seg[node] = max([own] + [seg[a] for a in node.all_input_nodes if a in seg])
     return seg
 
 
-def _kind(s: int) -> tuple[str, Optional[int]]:
-    if s % 4 == 0:
-        return "glue", None
-    return {1: "Fn", 2: "middle", 3: "Bn"}[s % 4], s // 4
+def _kind(s: Seg) -> str:
+    return ("glue", "Fn", "middle", "Bn")[s[1]]
 
 
 def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
@@ -96,7 +98,7 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
     slot: dict[fx.Node, int] = {n: i for i, n in enumerate(placeholders)}
     next_slot = len(placeholders)
     pieces: list[Piece] = []
-    by_seg: dict[int, list[fx.Node]] = {}
+    by_seg: dict[Seg, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node in seg:
             by_seg.setdefault(seg[node], []).append(node)
@@ -121,26 +123,32 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
             slot[n] = next_slot
             outputs.append(next_slot)
             next_slot += 1
-        kind, loop = _kind(s)
-        pieces.append(Piece(kind, loop, fx.GraphModule(gm, g), inputs, outputs))
+        kind = _kind(s)
+        loop = None if kind == "glue" else s[0]
+        block = s[2] if kind == "middle" and cplan.loops[s[0]].per_block else None
+        pieces.append(Piece(kind, loop, fx.GraphModule(gm, g), inputs, outputs, block))
     out_node = gm.graph.output_node()
     output = fx.node.map_arg(out_node.args[0], lambda n: Slot(slot[n]))
     prog = SplitProgram(pieces, len(placeholders), next_slot, output,
                         arg_names=[p.name for p in placeholders])
-    for k, lp in enumerate(cplan.loops):
-        prog.middles[k] = _middle_spec(k, lp, prog, slot)
+    for piece in pieces:
+        if piece.kind == "middle":
+            lp = cplan.loops[piece.loop]
+            first, end = (piece.block, piece.block + 1) if piece.block is not None else (lp.middle.start, lp.middle.stop)
+            piece.spec = _middle_spec(lp, piece, first, end, slot)
     return prog
 
 
-def _middle_spec(k: int, lp, prog: SplitProgram, slot: dict[fx.Node, int]) -> MiddleSpec:
-    loop, f, n = lp.loop, lp.middle.start, len(lp.loop)
-    middle = next(p for p in prog.pieces if p.kind == "middle" and p.loop == k)
+def _middle_spec(lp, middle: Piece, f: int, end: int, slot: dict[fx.Node, int]) -> MiddleSpec:
+    """Streams crossing blocks [f, end) of the loop: value entering block f -> value entering
+    block ``end`` (or leaving the loop)."""
+    loop, n = lp.loop, len(lp.loop)
     mid_out = set(middle.outputs)
     pairs: list[tuple[int, int]] = []
     hidden_pair = None
     for ti, t in enumerate(loop.threads):
         src = t.inputs[f]
-        dst = t.inputs[lp.bn.start] if len(lp.bn) else t.outputs[n - 1]
+        dst = t.inputs[end] if end < n else t.outputs[n - 1]
         if src is None or dst is None or slot.get(dst) not in mid_out:
             continue
         if ti == loop.hidden:

@@ -49,6 +49,9 @@ class Session:
         if calibrator_config is not None and not isinstance(calibrator_config, TaylorSeerCalibratorConfig):
             raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig, got "
                             f"{type(calibrator_config).__name__}")
+        if calibrator_config is not None and self.config.cache_type == "DBPrune":
+            raise ValueError("calibrator_config with DBPruneConfig is not supported yet: use DBCacheConfig "
+                             "for TaylorSeer, or drop the calibrator.")
         self.calibrator_config = calibrator_config
         if isinstance(params_modifiers, ParamsModifier):
             params_modifiers = [params_modifiers]

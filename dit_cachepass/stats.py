@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -15,7 +15,19 @@ class LoopSummary:
     name: str
     steps: list[StepRecord]  # current (or last finished) generation
     generations: int
-    middle_flops: int = 0  # FLOPs of one run of this loop's middle
+    piece_flops: dict = field(default_factory=dict)  # None (middle) or block id -> FLOPs of one run
+
+    @property
+    def middle_flops(self) -> int:
+        return sum(self.piece_flops.values())
+
+    @property
+    def skipped_flops(self) -> int:
+        return sum(self.piece_flops.get(k, 0) for r in self.steps for k in r.skipped)
+
+    @property
+    def pruned_blocks(self) -> int:
+        return sum(len(r.skipped) for r in self.steps if None not in r.skipped)
 
     @property
     def cached_steps(self) -> list[int]:
@@ -51,16 +63,16 @@ class Summary:
     def from_session(cls, session) -> "Summary":
         runner = session.runners[-1] if session.runners else None
         flops = (runner.piece_flops() if runner is not None else []) or []
-        middle = {}
+        middle: dict[str, dict] = {}
         if runner is not None:
             for piece, f in zip(runner.prog.pieces, flops):
                 if piece.kind == "middle":
-                    middle[runner.loop_names[piece.loop]] = f
+                    middle.setdefault(runner.loop_names[piece.loop], {})[piece.block] = f
         loops = []
         for (name, _branch), s in session.states.items():
             steps = s.records if s.records or not s.history else s.history[-1]
             loops.append(LoopSummary(s.name, list(steps), len(s.history) + (1 if s.records else 0),
-                                     middle.get(name, 0)))
+                                     middle.get(name, {})))
         first = next(iter(session.states), (None, 0))[0]
         calls = sum(len(l.steps) for (name, _), l in zip(session.states, loops) if name == first)
         return cls(loops, session.config.strify(), sum(flops), calls, session.config.threshold)
@@ -72,7 +84,7 @@ class Summary:
 
     @property
     def executed_flops(self) -> int:
-        return self.full_flops - sum(l.middle_flops * len(l.cached_steps) for l in self.loops)
+        return self.full_flops - sum(l.skipped_flops for l in self.loops)
 
     @property
     def ideal_speedup(self) -> float:
@@ -129,6 +141,9 @@ class Summary:
         for l in self.loops:
             marks = "".join("C" if r.cached else "." for r in l.steps)
             lines.append(f"{l.name}: cached steps {l.cached_steps}  timeline [{marks}] (C = cached)")
+            if l.pruned_blocks:
+                lines.append(f"{l.name}: {l.pruned_blocks} block runs pruned "
+                             f"(per step: {[len(r.skipped) for r in l.steps]})")
         if self.full_flops:
             lines.append(f"FLOPs: executed {self.executed_flops / 1e9:,.3f} G of {self.full_flops / 1e9:,.3f} G "
                          f"over {self.calls} calls (ideal speedup {self.ideal_speedup:.2f}x)")

@@ -281,3 +281,30 @@ def test_taylorseer_matches_cache_dit(order):
         assert max((p - y).abs().max().item() for p, y in zip(op, od)) > 1e-3
     finally:
         N = saved
+
+
+# --------------------------------------------------------------------------------- DBPrune
+@pytest.mark.parametrize("extra", [
+    dict(),
+    dict(enable_dynamic_prune_threshold=True),
+    dict(non_prune_block_ids=[2], max_continuous_cached_steps=2),
+])
+def test_dbprune_matches_cache_dit(extra):
+    """Per-block decisions inside the middle: same pruned steps, same per-step pruned-block
+    counts, same outputs as cache-dit's DBPrune (one chained 6-block loop, F1B1)."""
+    kw = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.3, max_warmup_steps=2,
+              num_inference_steps=N, **extra)
+    a, b = _make_flux(), _make_flux()
+    cache_dit.enable_cache(a, cache_config=cache_dit.DBPruneConfig(**kw))
+    m = dcp.compile(b, dcp.DBPruneConfig(**kw), backend="eager")
+    with torch.no_grad():
+        oc = [a(**_inputs(s), return_dict=False)[0] for s in range(N)]
+        od = [m(**_inputs(s), return_dict=False)[0] for s in range(N)]
+    st = cache_dit.summary(a, logging=False)[-1]
+    loop = dcp.summary(m).loops[0]
+    assert loop.cached_steps == list(st.cached_steps), (loop.cached_steps, st.cached_steps)
+    ours = [len(r.skipped) for r in loop.steps]
+    assert ours == list(st.pruned_blocks), (ours, st.pruned_blocks)
+    assert sum(ours) > 0, "nothing was pruned: the case does not test pruning"
+    for step, (x, y) in enumerate(zip(oc, od)):
+        torch.testing.assert_close(y, x, rtol=RTOL, atol=ATOL, msg=lambda msg: f"step {step}: {msg}")

@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..flops import flop_counter
-from ..kernels import apply_residuals, fused_residual_diff
+from ..kernels import apply_residuals, fused_residual_diff, rel_l1_diff
 from ..lower import compile_piece
 from ..rewrite import Slot, SplitProgram
 
@@ -41,12 +41,12 @@ class Runner:
         self._flops: Optional[list[int]] = None
         session.runners.append(self)
         self.never_cache: dict[int, str] = {}
-        for k, spec in prog.middles.items():
-            if spec.unpaired:
-                self.never_cache[k] = (
-                    f"middle output(s) {', '.join(spec.unpaired)} are not block-to-block streams, so no "
+        for piece in prog.pieces:
+            if piece.spec is not None and piece.spec.unpaired:
+                self.never_cache[piece.loop] = (
+                    f"middle output(s) {', '.join(piece.spec.unpaired)} are not block-to-block streams, so no "
                     "residual can rebuild them; reusing them would apply a stale tensor")
-                session.warn(f"loop {loop_names[k]} always computes: {self.never_cache[k]}")
+                session.warn(f"loop {loop_names[piece.loop]} always computes: {self.never_cache[piece.loop]}")
         self.timestep_slot = next(
             (i for i, n in enumerate(prog.arg_names) if "timestep" in n.lower()), None)
 
@@ -63,8 +63,7 @@ class Runner:
             if piece.kind == "middle":
                 self._middle(piece, fn, env)
             else:
-                for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
-                    env[s] = v
+                self._run(piece, fn, env)
         return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
 
     def piece_flops(self) -> Optional[list[int]]:
@@ -89,40 +88,50 @@ class Runner:
             self._flops = flops
         return self._flops
 
+    def _run(self, piece, fn, env: list[Any]) -> None:
+        for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
+            env[s] = v
+
     def _middle(self, piece, fn, env: list[Any]) -> None:
-        spec = self.prog.middles[piece.loop]
+        """DBCache: the whole middle, decided on the Fn residual. DBPrune: one block, decided
+        on that block's input (``piece.block``)."""
+        spec, key = piece.spec, piece.block
         lp = self.loops[piece.loop]
+        if key is not None and key in lp.config.non_prune_block_ids:
+            return self._run(piece, fn, env)
         state = self.session.state(lp.name, self.session.branch, lp.config, lp.calibrator_config)
         state.step = self.session.step
         state.never_cache = self.never_cache.get(piece.loop)
         ins = [env[i] for i, _ in spec.residual_pairs]
         outs = [o for _, o in spec.residual_pairs]
-        fn_out = env[spec.hidden_inF]
-        reference = state.reference_for(fn_out, ins)
-        # one pass: Fn residual (fn_out - fn_in) and its relative L1 diff vs the reference
-        fn_residual, ratio = fused_residual_diff(fn_out, env[spec.hidden_in0], reference)
-        d = state.decide(reference, ratio)
+        x = env[spec.hidden_inF]
+        reference = state.reference_for(key, x, ins)
+        if key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
+            measured, ratio = fused_residual_diff(x, env[spec.hidden_in0], reference)
+        else:
+            measured, ratio = x, rel_l1_diff(x, reference) if reference is not None else None
+        d = state.decide(key, reference, ratio)
         cal = state.calibrator
         calibrated = [cal is not None and cal.calibrates(k, spec.hidden_pair) for k in range(len(ins))]
         if d.cache:
+            buf = state.buffers[key]
             plain = [k for k in range(len(ins)) if not calibrated[k]]
             for j in range(0, len(plain), 2):  # two streams per fused launch
                 ks = plain[j:j + 2]
-                res = apply_residuals(*[t for k in ks for t in (ins[k], state.residuals[k])])
+                res = apply_residuals(*[t for k in ks for t in (ins[k], buf.residuals[k])])
                 for k, v in zip(ks, res):
                     env[outs[k]] = v
             for k in range(len(ins)):
                 if calibrated[k]:
                     base = ins[k] if cal.cache_type == "residual" else None
                     env[outs[k]] = cal.forecast(k, state.step, base)
-            for o, v in zip(spec.value_outputs, state.values):
+            for o, v in zip(spec.value_outputs, buf.values):
                 env[o] = v
         else:
-            for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
-                env[s] = v
-            residuals = [env[o] - x for o, x in zip(outs, ins)]
-            state.store(fn_residual, residuals, [env[o] for o in spec.value_outputs])
+            self._run(piece, fn, env)
+            residuals = [env[o] - t for o, t in zip(outs, ins)]
+            state.store(key, measured, residuals, [env[o] for o in spec.value_outputs])
             for k in range(len(ins)):
                 if calibrated[k]:
                     cal.update(k, residuals[k] if cal.cache_type == "residual" else env[outs[k]], state.step)
-        state.record(d)
+        state.record(d, key)

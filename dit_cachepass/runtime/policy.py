@@ -34,7 +34,8 @@ class DBCachePolicy:
         self.warmup_steps = set(range(0, warmup, config.warmup_interval))
 
     def decide(self, step: int, n_cached: int, continuous: int, accumulated: float,
-               has_reference: bool, diff_fn: Callable[[], float]) -> Decision:
+               has_reference: bool, diff_fn: Callable[[], float],
+               threshold: Optional[Callable[[], float]] = None) -> Decision:
         c = self.config
         if step in self.warmup_steps:
             return Decision(False, "warmup")
@@ -51,7 +52,7 @@ class DBCachePolicy:
         acc = c.max_accumulated_residual_diff_threshold
         if acc is not None and acc > 0 and accumulated >= acc:
             return Decision(False, "max_accumulated_residual_diff_threshold")
-        t = c.threshold
+        t = c.threshold if threshold is None else threshold()
         if t <= 0:
             return Decision(False, "threshold<=0")
         if not has_reference:

@@ -19,9 +19,20 @@ from .policy import DBCachePolicy, Decision
 @dataclass
 class StepRecord:
     step: int
-    cached: bool
+    cached: bool  # DBCache: the middle was skipped; DBPrune: at least one block was pruned
     reason: str
-    diff: Optional[float]
+    diff: Optional[float]  # DBPrune: the first block's diff
+    skipped: list = field(default_factory=list)  # skipped middle pieces: [None] (DBCache) or block ids
+    diffs: list = field(default_factory=list)  # DBPrune: every evaluated block's diff, in order
+
+
+@dataclass
+class Buffer:
+    """What one skippable piece needs: its decision reference and the residuals it adds."""
+
+    reference: torch.Tensor
+    residuals: list[torch.Tensor]
+    values: list[object]
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -36,9 +47,7 @@ class LoopState:
     partner: Optional["LoopState"] = None  # the cond branch's state, for a CFG branch
     step: int = 0  # the pipeline step of the call in progress (set by the runner)
     generation: int = 0
-    fn_reference: Optional[torch.Tensor] = None
-    residuals: list[torch.Tensor] = field(default_factory=list)
-    values: list[object] = field(default_factory=list)
+    buffers: dict = field(default_factory=dict)  # None (DBCache middle) or block id -> Buffer
     continuous: int = 0
     accumulated: float = 0.0
     records: list[StepRecord] = field(default_factory=list)
@@ -59,30 +68,43 @@ class LoopState:
             self.history.append(self.records)
         self.records = []
         self.continuous, self.accumulated = 0, 0.0
-        self.fn_reference, self.residuals, self.values = None, [], []
+        self.buffers = {}
         self.calibrator = make_calibrator(self.calibrator_config)
         self.generation += 1
 
-    def reference_for(self, fn_out: torch.Tensor, stream_inputs: list[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The stored Fn residual, only if it and every stored residual still fit the
-        current tensors (shape, dtype, device): a stale cache is never applied elsewhere."""
-        ref = self.fn_reference
+    def reference_for(self, key: Optional[int], x: torch.Tensor, stream_inputs: list[torch.Tensor]
+                      ) -> Optional[torch.Tensor]:
+        """The stored reference of piece ``key``, only if it and every stored residual still fit
+        the current tensors (shape, dtype, device): a stale cache is never applied elsewhere."""
+        buf = self.buffers.get(key)
         fits = (
-            ref is not None
-            and _same_layout(ref, fn_out)
-            and len(self.residuals) == len(stream_inputs)
-            and all(_same_layout(r, x) for r, x in zip(self.residuals, stream_inputs))
+            buf is not None
+            and _same_layout(buf.reference, x)
+            and len(buf.residuals) == len(stream_inputs)
+            and all(_same_layout(r, t) for r, t in zip(buf.residuals, stream_inputs))
         )
-        return ref if fits else None
+        return buf.reference if fits else None
 
-    def decide(self, reference: Optional[torch.Tensor], ratio: torch.Tensor) -> Decision:
+    def _current(self) -> Optional[StepRecord]:
+        return self.records[-1] if self.records and self.records[-1].step == self.step else None
+
+    def decide(self, key: Optional[int], reference: Optional[torch.Tensor], ratio: Optional[torch.Tensor]
+               ) -> Decision:
         """``ratio``: the 0-d relative L1 diff against ``reference``; read (one host sync)
-        only when the rule chain gets that far."""
+        only when the rule chain gets that far. ``key`` is None for DBCache's middle, the
+        block id for a DBPrune block."""
         if self.never_cache is not None:
             return Decision(False, "unsafe-middle")
-        d = self.policy.decide(self.step, len(self.cached_steps), self.continuous, self.accumulated,
-                               reference is not None, lambda: self._shared_diff() or float(ratio))
-        if reference is None and self.fn_reference is not None and d.reason == "no-reference":
+        continuous, threshold = self.continuous, None
+        if key is not None:  # DBPrune: all blocks of a step see the step's counters
+            rec = self._current()
+            if rec is None and self.records and not self.records[-1].cached:
+                self.continuous = continuous = 0  # a run of pruned steps ended before this step
+            continuous -= 1 if rec is not None and rec.cached else 0
+            threshold = lambda: self.config.prune_threshold(rec.diffs if rec is not None else [])  # noqa: E731
+        d = self.policy.decide(self.step, len(self.cached_steps), continuous, self.accumulated,
+                               reference is not None, lambda: self._shared_diff() or float(ratio), threshold)
+        if reference is None and key in self.buffers and d.reason == "no-reference":
             d = Decision(False, "shape-change")
         return d
 
@@ -93,13 +115,25 @@ class LoopState:
         rec = self.partner.records[-1] if self.partner.records else None
         return rec.diff if rec is not None and rec.step == self.step else None
 
-    def record(self, d: Decision) -> None:
-        self.records.append(StepRecord(self.step, d.cache, d.reason, d.diff))
+    def record(self, d: Decision, key: Optional[int] = None) -> None:
+        if key is None:  # DBCache: one decision per call
+            self.records.append(StepRecord(self.step, d.cache, d.reason, d.diff, [None] if d.cache else []))
+            self.continuous = self.continuous + 1 if d.cache else 0
+        else:  # DBPrune: one record per call, updated by each block's decision
+            rec = self._current()
+            if rec is None:
+                rec = StepRecord(self.step, False, d.reason, d.diff)
+                self.records.append(rec)
+            if d.diff is not None:
+                rec.diffs.append(d.diff)
+            if d.cache:
+                if not rec.cached:
+                    rec.cached, rec.reason = True, d.reason
+                    self.continuous += 1
+                rec.skipped.append(key)
         if d.diff is not None and d.diff > 0:
             self.accumulated += d.diff
-        self.continuous = self.continuous + 1 if d.cache else 0
 
-    def store(self, fn_residual: torch.Tensor, residuals: list[torch.Tensor], values: list[object]) -> None:
-        self.fn_reference = fn_residual
-        self.residuals = residuals
-        self.values = values
+    def store(self, key: Optional[int], reference: torch.Tensor, residuals: list[torch.Tensor],
+              values: list[object]) -> None:
+        self.buffers[key] = Buffer(reference, residuals, values)
