@@ -19,6 +19,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    from .metrics import compute
+
+    try:
+        report = compute(args.ref, args.gen, lpips=not args.no_lpips, fid=not args.no_fid)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dit-cachepass", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +45,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--repeats", type=int, default=3, help="timed generations per variant; median reported")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
+    m = sub.add_parser("metrics", help="PSNR / SSIM / LPIPS / FID between two folders of images")
+    m.add_argument("--ref", required=True, help="folder of reference images (e.g. no cache)")
+    m.add_argument("--gen", required=True, help="folder of generated images with the same file names")
+    m.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs pretrained AlexNet weights)")
+    m.add_argument("--no-fid", action="store_true", help="skip FID (needs pretrained Inception weights)")
+    m.set_defaults(func=_metrics)
     args = parser.parse_args(argv)
     return args.func(args)
 
