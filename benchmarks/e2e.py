@@ -344,7 +344,7 @@ def markdown(rows: list[Row], variants: list[Variant], args, command: str) -> st
         lines.append("| " + " | ".join(cells(r)) + " |")
     lines += [
         "",
-        f"Cached step indices: " + "; ".join(f"{v.key} {v.cached_steps}" for v in variants) + ".",
+        "Cached step indices: " + "; ".join(f"{v.key} {v.cached_steps}" for v in variants) + ".",
         "",
         f"Ideal speedup = block work of the full run / block work executed = (steps·{N_BLOCKS}) / "
         f"(steps·{N_BLOCKS} − cached·(blocks skipped per cached step)); n/a for TaylorSeer (it predicts "

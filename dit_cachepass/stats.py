@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from .runtime.state import LoopState, StepRecord
+from .runtime.state import StepRecord
 
 
 @dataclass

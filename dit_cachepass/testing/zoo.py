@@ -39,7 +39,6 @@ list (cache_dit/caching/block_adapters/adapters.py, cache-dit 1.5.3).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
