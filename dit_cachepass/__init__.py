@@ -9,14 +9,16 @@ torch.compile graph pass.
 from .api import (ExplainReport, LoopReport, compile, disable, disable_cache, enable_cache, explain, refresh,
                   summary)
 from .flops import count_flops
-from .config import DBCacheConfig, DBPruneConfig, FBCacheConfig, ParamsModifier, TaylorSeerCalibratorConfig
+from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, FBCacheConfig, FoCaCalibratorConfig,
+                     ParamsModifier, TaylorSeerCalibratorConfig)
 from .patterns import ForwardPattern
 from .session import UnsupportedModelError
 from .stats import Summary
 
 __version__ = "0.1.0"
 __all__ = [
-    "DBCacheConfig", "DBPruneConfig", "FBCacheConfig", "TaylorSeerCalibratorConfig", "ParamsModifier", "ForwardPattern",
+    "DBCacheConfig", "DBPruneConfig", "FBCacheConfig", "TaylorSeerCalibratorConfig", "FoCaCalibratorConfig",
+    "CalibratorConfig", "ParamsModifier", "ForwardPattern",
     "enable_cache", "disable_cache",
     "compile", "disable", "refresh", "summary", "explain", "ExplainReport", "LoopReport",
     "Summary", "UnsupportedModelError", "count_flops",

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .backend import analyse, build, _SESSIONS
-from .config import DBCacheConfig, ParamsModifier, TaylorSeerCalibratorConfig
+from .config import CalibratorConfig, DBCacheConfig, ParamsModifier
 from .matcher import NO_BLOCK_LIST
 from .session import Session
 from .stats import Summary
@@ -41,7 +41,7 @@ def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Cal
 
 
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
-            calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+            calibrator_config: Optional[CalibratorConfig] = None,
             params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
             backend: str = "inductor", strict: bool = False) -> torch.nn.Module:
     """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
@@ -50,8 +50,8 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     its ``.config``, ``.dtype``, hooks and attributes. Parameters are never modified.
     ``backend``: "inductor" (default), "aot_eager" or "eager" (debugging, fast CPU tests).
     ``strict=True`` raises instead of running uncached when no loop can be cached.
-    ``calibrator_config``: a ``TaylorSeerCalibratorConfig`` forecasts the middle's residual on
-    cached steps instead of reusing it unchanged. ``params_modifiers[k]`` overrides the config
+    ``calibrator_config``: ``TaylorSeerCalibratorConfig`` or ``FoCaCalibratorConfig`` forecasts the
+    middle's residual on cached steps instead of reusing it unchanged. ``params_modifiers[k]`` overrides the config
     of the k-th cached loop (graph order; see ``explain``); a single ``ParamsModifier`` applies
     to every loop.
     """
@@ -77,7 +77,7 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
 
 
 def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = None, *,
-                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+                 calibrator_config: Optional[CalibratorConfig] = None,
                  params_modifiers: Optional[list] = None, backend: str = "inductor",
                  strict: bool = False) -> Any:
     """cache-dit's drop-in: cache every transformer of a diffusers pipeline (or one module).

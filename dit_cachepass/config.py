@@ -171,24 +171,48 @@ def FBCacheConfig(residual_diff_threshold: float = 0.08, **kwargs: Any) -> DBCac
 
 
 @dataclass
-class TaylorSeerCalibratorConfig:
-    """On cached steps, forecast the middle's residual with a Taylor expansion built from
-    finite differences over the last computed steps, instead of reusing it unchanged."""
+class CalibratorConfig:
+    """On cached steps, predict the middle's contribution instead of reusing it unchanged.
+    ``enable_calibrator``: the hidden stream; ``enable_encoder_calibrator``: the other streams;
+    ``calibrator_cache_type``: forecast the middle's residual or its output."""
 
-    taylorseer_order: int = 1
     enable_calibrator: bool = True
     enable_encoder_calibrator: bool = True
     calibrator_cache_type: Literal["residual", "hidden_states"] = "residual"
-    calibrator_type: str = field(default="taylorseer", init=False)
+    calibrator_type: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _check_int(name, "taylorseer_order", self.taylorseer_order, 0, 8)
         if self.calibrator_cache_type not in ("residual", "hidden_states"):
-            _fail(name, "calibrator_cache_type", self.calibrator_cache_type, "'residual' or 'hidden_states'")
+            _fail(type(self).__name__, "calibrator_cache_type", self.calibrator_cache_type,
+                  "'residual' or 'hidden_states'")
+
+
+@dataclass
+class TaylorSeerCalibratorConfig(CalibratorConfig):
+    """TaylorSeer: a Taylor expansion built from finite differences over the last computed steps."""
+
+    taylorseer_order: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.calibrator_type = "taylorseer"
+        _check_int(type(self).__name__, "taylorseer_order", self.taylorseer_order, 0, 8)
 
     def strify(self) -> str:
         return f"T1O{self.taylorseer_order}"
+
+
+@dataclass
+class FoCaCalibratorConfig(CalibratorConfig):
+    """FoCa (forecast then calibrate): a Heun-rule forecast anchored at the last computed step,
+    using the anchor slope and the local slope (which includes earlier forecasts); no parameters."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.calibrator_type = "foca"
+
+    def strify(self) -> str:
+        return "FoCa"
 
 
 @dataclass
@@ -203,11 +227,11 @@ class ParamsModifier:
     """
 
     cache_config: Optional[DBCacheConfig] = None
-    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    calibrator_config: Optional[CalibratorConfig] = None
     overrides: dict = field(default_factory=dict)
 
     def __init__(self, cache_config: Optional[DBCacheConfig] = None,
-                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None, **overrides: Any):
+                 calibrator_config: Optional[CalibratorConfig] = None, **overrides: Any):
         known = {f.name for f in dataclasses.fields(DBCacheConfig) if f.init}
         unknown = sorted(set(overrides) - known)
         if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .config import DBCacheConfig, CalibratorConfig
 from .matcher import BlockLoop
 
 
@@ -16,7 +16,7 @@ class LoopPlan:
     fn: range
     middle: range
     bn: range
-    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    calibrator_config: Optional[CalibratorConfig] = None
 
     @property
     def name(self) -> str:
@@ -37,7 +37,7 @@ class CachePlan:
     skipped: list[str] = field(default_factory=list)  # loops left uncached, with the reason
 
 
-def plan(loops: list[BlockLoop], configs: Sequence[tuple[DBCacheConfig, Optional[TaylorSeerCalibratorConfig]]]
+def plan(loops: list[BlockLoop], configs: Sequence[tuple[DBCacheConfig, Optional[CalibratorConfig]]]
          ) -> CachePlan:
     """Fn = the first ``Fn_compute_blocks`` blocks, Bn = the last ``Bn_compute_blocks``, each
     loop with its own (config, calibrator) (ParamsModifier overrides are already applied).

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .config import DBCacheConfig, ParamsModifier, TaylorSeerCalibratorConfig
+from .config import DBCacheConfig, ParamsModifier, CalibratorConfig
 from .lower import check_backend
 from .runtime.state import LoopState
 
@@ -41,13 +41,13 @@ class GraphReport:
 class Session:
     def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
                  strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
-                 calibrator_config: Optional[TaylorSeerCalibratorConfig] = None,
+                 calibrator_config: Optional[CalibratorConfig] = None,
                  params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None):
         self.config = config if config is not None else DBCacheConfig()
         if not isinstance(self.config, DBCacheConfig):
             raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
-        if calibrator_config is not None and not isinstance(calibrator_config, TaylorSeerCalibratorConfig):
-            raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig, got "
+        if calibrator_config is not None and not isinstance(calibrator_config, CalibratorConfig):
+            raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig or FoCaCalibratorConfig, got "
                             f"{type(calibrator_config).__name__}")
         if calibrator_config is not None and self.config.cache_type == "DBPrune":
             raise ValueError("calibrator_config with DBPruneConfig is not supported yet: use DBCacheConfig "
@@ -86,7 +86,7 @@ class Session:
                 f"generation={self.generation}, calls={self.calls})")
 
     # -- state --------------------------------------------------------------------------
-    def config_for(self, loop_index: int) -> tuple[DBCacheConfig, Optional[TaylorSeerCalibratorConfig]]:
+    def config_for(self, loop_index: int) -> tuple[DBCacheConfig, Optional[CalibratorConfig]]:
         """The config of the k-th loop (in graph order), ParamsModifier applied."""
         if self.modifier_for_all:
             loop_index = 0
@@ -96,7 +96,7 @@ class Session:
         return pm.apply(self.config), pm.calibrator_config or self.calibrator_config
 
     def state(self, name: str, branch: int, config: DBCacheConfig,
-              calibrator_config: Optional[TaylorSeerCalibratorConfig]) -> LoopState:
+              calibrator_config: Optional[CalibratorConfig]) -> LoopState:
         """One state per loop and CFG branch (branch 0 = the first call of a step)."""
         key = (name, branch)
         if key not in self.states:

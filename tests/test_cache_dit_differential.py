@@ -248,10 +248,16 @@ def test_fn_plus_bn_ge_n_same_outputs_left_uncached():
 
 
 # ------------------------------------------------------------------------------ TaylorSeer
-@pytest.mark.parametrize("order", [1, 2])
-def test_taylorseer_matches_cache_dit(order):
-    """Same decisions and forecasts as cache-dit's TaylorSeer calibrator (residual cache type,
-    hidden and encoder streams). 12 steps with low warmup so derivatives are formed and used."""
+@pytest.mark.parametrize("calibrator", ["taylorseer1", "taylorseer2", "foca"])
+def test_calibrator_matches_cache_dit(calibrator):
+    """Same decisions and forecasts as cache-dit's TaylorSeer / FoCa calibrators (residual cache
+    type, hidden and encoder streams). 12 steps with low warmup so derivatives form and are used."""
+    if calibrator == "foca":
+        cd_cal, our_cal = cache_dit.FoCaCalibratorConfig(), dcp.FoCaCalibratorConfig()
+    else:
+        order = int(calibrator[-1])
+        cd_cal = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order)
+        our_cal = dcp.TaylorSeerCalibratorConfig(taylorseer_order=order)
     global N
     saved, N = N, 12
     try:
@@ -260,10 +266,8 @@ def test_taylorseer_matches_cache_dit(order):
         kw = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=2,
                   max_continuous_cached_steps=1, num_inference_steps=N)
         a, b = _make_flux(), _make_flux()
-        cache_dit.enable_cache(a, cache_config=cache_dit.DBCacheConfig(**kw),
-                               calibrator_config=cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order))
-        m = dcp.compile(b, dcp.DBCacheConfig(**kw), backend="eager",
-                        calibrator_config=dcp.TaylorSeerCalibratorConfig(taylorseer_order=order))
+        cache_dit.enable_cache(a, cache_config=cache_dit.DBCacheConfig(**kw), calibrator_config=cd_cal)
+        m = dcp.compile(b, dcp.DBCacheConfig(**kw), backend="eager", calibrator_config=our_cal)
         with torch.no_grad():
             oc = [a(**_inputs(s), return_dict=False)[0] for s in range(N)]
             od = [m(**_inputs(s), return_dict=False)[0] for s in range(N)]

@@ -9,7 +9,7 @@ from typing import Optional, Protocol
 
 import torch
 
-from ..config import TaylorSeerCalibratorConfig
+from ..config import CalibratorConfig, TaylorSeerCalibratorConfig
 from ..kernels import taylor_predict_apply, taylor_update
 
 
@@ -58,9 +58,54 @@ class TaylorSeerCalibrator:
         return taylor_predict_apply(self.derivs[stream], float(step - self.last_update[stream]), base)
 
 
-def make_calibrator(config: Optional[TaylorSeerCalibratorConfig]) -> Optional[Calibrator]:
+class FoCaCalibrator:
+    """cache-dit 1.5.3's FoCa: F_pred = F_full + e/2 * (dF_full + dF_local), where e = steps since
+    the last computed step (anchor F_full), dF_full = slope between the last two computed
+    steps and dF_local = slope of the rolling window, which also takes every forecast. Past a
+    horizon of 3 steps the forecast is damped towards the anchor. Falls back to plain reuse
+    until two computed steps exist."""
+
+    MAX_HORIZON = 3.0
+
+    def __init__(self, config: CalibratorConfig):
+        self.config, self.cache_type = config, config.calibrator_cache_type
+        # per stream: [F_k, F_km1, F_full, F_full_prev, last_full_step]
+        self.state: dict[int, list] = {}
+
+    def __repr__(self) -> str:
+        return f"FoCaCalibrator(cache_type={self.cache_type!r})"
+
+    def calibrates(self, stream: int, hidden: int) -> bool:
+        return self.config.enable_calibrator if stream == hidden else self.config.enable_encoder_calibrator
+
+    def update(self, stream: int, value: torch.Tensor, step: int) -> None:
+        f_k, _, f_full, _, _ = self.state.get(stream, [None] * 5)
+        if f_k is not None and f_k.shape != value.shape:
+            f_k = f_full = None
+        self.state[stream] = [value, f_k, value, f_full, step]
+
+    def forecast(self, stream: int, step: int, base: Optional[torch.Tensor]) -> torch.Tensor:
+        st = self.state[stream]
+        f_k, f_km1, f_full, f_full_prev, last = st
+        if f_km1 is None or f_full_prev is None:
+            pred = f_full
+        else:
+            elapsed = float(step - last)
+            slope = (f_full - f_full_prev) + (f_k - f_km1)
+            if elapsed <= self.MAX_HORIZON:
+                pred = f_full + (elapsed / 2.0) * slope
+            else:
+                w = self.MAX_HORIZON / elapsed
+                pred = w * (f_full + (self.MAX_HORIZON / 2.0) * slope) + (1.0 - w) * f_full
+            st[0], st[1] = pred, f_k
+        return pred + base if base is not None else pred.clone()
+
+
+def make_calibrator(config: Optional[CalibratorConfig]) -> Optional[Calibrator]:
     if config is None or not (config.enable_calibrator or config.enable_encoder_calibrator):
         return None
     if config.calibrator_type == "taylorseer":
         return TaylorSeerCalibrator(config)
-    raise ValueError(f"calibrator_type={config.calibrator_type!r} is not supported: expected 'taylorseer'.")
+    if config.calibrator_type == "foca":
+        return FoCaCalibrator(config)
+    raise ValueError(f"calibrator_type={config.calibrator_type!r} is not supported: expected 'taylorseer' or 'foca'.")

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..config import DBCacheConfig, TaylorSeerCalibratorConfig
+from ..config import DBCacheConfig, CalibratorConfig
 from .calibrators import Calibrator, make_calibrator
 from .policy import DBCachePolicy, Decision
 
@@ -43,7 +43,7 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 class LoopState:
     name: str
     config: DBCacheConfig
-    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    calibrator_config: Optional[CalibratorConfig] = None
     partner: Optional["LoopState"] = None  # the cond branch's state, for a CFG branch
     step: int = 0  # the pipeline step of the call in progress (set by the runner)
     generation: int = 0
