@@ -312,3 +312,30 @@ def test_dbprune_matches_cache_dit(extra):
     assert sum(ours) > 0, "nothing was pruned: the case does not test pruning"
     for step, (x, y) in enumerate(zip(oc, od)):
         torch.testing.assert_close(y, x, rtol=RTOL, atol=ATOL, msg=lambda msg: f"step {step}: {msg}")
+
+
+# ------------------------------------------------------------------------------ separate CFG
+@pytest.mark.parametrize("diff_separate", [True, False])
+def test_separate_cfg_matches_cache_dit(diff_separate):
+    """Two calls per step (cond, then uncond with other text embeddings): per-branch cached
+    steps and every output equal cache-dit's separate-CFG contexts."""
+    kw = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=2,
+              enable_separate_cfg=True, cfg_diff_compute_separate=diff_separate, num_inference_steps=N)
+    a, b = _make_flux(), _make_flux()
+    cache_dit.enable_cache(a, cache_config=cache_dit.DBCacheConfig(**kw))
+    m = dcp.compile(b, dcp.DBCacheConfig(**kw), backend="eager")
+    uncond = torch.zeros_like(_ENC)
+    oc, od = [], []
+    with torch.no_grad():
+        for s in range(N):
+            for enc in (_ENC, uncond):
+                x = dict(_inputs(s), encoder_hidden_states=enc)
+                oc.append(a(**x, return_dict=False)[0])
+                od.append(m(**x, return_dict=False)[0])
+    st = cache_dit.summary(a, logging=False)[-1]
+    cond, cfg = dcp.summary(m).loops
+    assert cond.cached_steps == list(st.cached_steps) and cfg.cached_steps == list(st.cfg_cached_steps), \
+        (cond.cached_steps, st.cached_steps, cfg.cached_steps, st.cfg_cached_steps)
+    assert cond.cached_steps and cfg.cached_steps
+    for i, (x, y) in enumerate(zip(oc, od)):
+        torch.testing.assert_close(y, x, rtol=RTOL, atol=ATOL, msg=lambda msg: f"call {i}: {msg}")
