@@ -39,6 +39,7 @@ class GraphReport:
 
 
 class Session:
+    MAX_CFG_BRANCHES = 4  # more calls than this with one timestep: not CFG
     def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
                  strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
                  calibrator_config: Optional[CalibratorConfig] = None,
@@ -72,6 +73,7 @@ class Session:
         self.steps = 0  # pipeline steps begun in the current generation
         self.branch = self.step = 0  # of the call in progress
         self._repeat = 0
+        self.timestep_branches = True
         self.generation = 0
         self._last_timestep: Optional[float] = None
         self._direction: Optional[int] = None
@@ -119,6 +121,10 @@ class Session:
         self._last_timestep = value
         if last is not None and abs(value - last) <= 1e-6 * max(1.0, abs(value)):
             self._repeat += 1  # the next CFG call of the same step
+            if self._repeat >= self.MAX_CFG_BRANCHES and self.timestep_branches:
+                self.timestep_branches = False  # a constant timestep says nothing about CFG
+                self.warn(f"the timestep input repeated {self._repeat + 1} times in a row; calls are no longer "
+                          "split into CFG branches by timestep (set enable_separate_cfg to choose)")
             return
         self._repeat = 0
         if last is None or not self.config.detect_new_generation:
@@ -132,7 +138,7 @@ class Session:
     def _branch(self) -> int:
         mode = self.config.enable_separate_cfg
         if mode is None:  # auto: the k-th call with the same timestep is branch k
-            return self._repeat
+            return self._repeat if self.timestep_branches else 0
         if mode:  # cache-dit's parity rule
             return (self.calls % 2) ^ int(self.config.cfg_compute_first)
         return 0

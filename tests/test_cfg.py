@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import dit_cachepass as dcp
+from dit_cachepass.session import Session
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
@@ -88,3 +89,21 @@ def test_num_inference_steps_counts_pipeline_steps_under_cfg():
     run_calls(m, [(s, br) for s in range(3) for br in (0, 1)] + [(3, 0)])
     assert dcp.summary(m).loops[0].steps[-1].step == 0  # a new generation at the 4th step
     assert m._dit_cachepass.generation == 1
+
+
+def test_constant_timestep_is_not_mistaken_for_many_cfg_branches():
+    m = compiled(max_warmup_steps=1)
+    x = toy_inputs(0)
+    with pytest.warns(UserWarning, match="no longer split into CFG branches"):
+        with torch.no_grad():
+            for _ in range(8):
+                m(**x)
+    assert len(m._dit_cachepass.states) <= Session.MAX_CFG_BRANCHES
+    assert dcp.summary(m).cached_steps  # branch 0 goes on caching
+
+
+def test_timestep_is_read_from_the_input_not_from_a_parameter():
+    from dit_cachepass.runtime.executor import _TIMESTEP
+
+    assert _TIMESTEP.match("l_kwargs_timestep_") and _TIMESTEP.match("l_timestep_")
+    assert not _TIMESTEP.match("l_self_dict_modules_time_text_embed_modules_timestep_embedder_parameters_weight_")

@@ -3,11 +3,11 @@ compute it or to rebuild its outputs from the cached residuals."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.fx as fx
-
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..flops import flop_counter
@@ -18,6 +18,11 @@ from ..rewrite import Slot, SplitProgram
 if TYPE_CHECKING:
     from ..plan import LoopPlan
     from ..session import Session
+
+
+# the model's own timestep argument (l_timestep_, l_kwargs_timestep_), never a parameter such
+# as l_self_..._timestep_embedder_..._weight_
+_TIMESTEP = re.compile(r"^l_(kwargs_)?timesteps?_$", re.IGNORECASE)
 
 
 def _spec(v: Any) -> Any:
@@ -37,7 +42,7 @@ class Runner:
         self.fns = [compile_piece(p.gm, backend, symbolic) for p in prog.pieces]
         self.loops = loops
         self.loop_names = loop_names = [lp.name for lp in loops]
-        self.meta_args: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
+        self.arg_specs: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
         self._flops: Optional[list[int]] = None
         session.runners.append(self)
         self.never_cache: dict[int, str] = {}
@@ -47,8 +52,7 @@ class Runner:
                     f"middle output(s) {', '.join(piece.spec.unpaired)} are not block-to-block streams, so no "
                     "residual can rebuild them; reusing them would apply a stale tensor")
                 session.warn(f"loop {loop_names[piece.loop]} always computes: {self.never_cache[piece.loop]}")
-        self.timestep_slot = next(
-            (i for i, n in enumerate(prog.arg_names) if "timestep" in n.lower()), None)
+        self.timestep_slot = next((i for i, n in enumerate(prog.arg_names) if _TIMESTEP.match(n)), None)
 
     def __call__(self, *args: Any) -> Any:
         prog = self.prog
@@ -58,8 +62,8 @@ class Runner:
             self.session.observe_timestep(args[self.timestep_slot])
         self.session.begin_call()
         for i, (piece, fn) in enumerate(zip(prog.pieces, self.fns)):
-            if self.meta_args[i] is None:
-                self.meta_args[i] = [_spec(env[j]) for j in piece.inputs]
+            if self.arg_specs[i] is None:
+                self.arg_specs[i] = [_spec(env[j]) for j in piece.inputs]
             if piece.kind == "middle":
                 self._middle(piece, fn, env)
             else:
@@ -73,7 +77,7 @@ class Runner:
         if self._flops is None:
             flops = []
             try:
-                for piece, specs in zip(self.prog.pieces, self.meta_args):
+                for piece, specs in zip(self.prog.pieces, self.arg_specs):
                     if specs is None:
                         flops.append(0)
                         continue
