@@ -1,4 +1,4 @@
-"""Front door: ``compile``, ``disable``, ``refresh``, ``summary``, ``explain``."""
+"""Front door: ``compile`` / ``enable_cache``, ``disable``, ``refresh``, ``summary``, ``explain``."""
 
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     its ``.config``, ``.dtype``, hooks and attributes. Parameters are never modified.
     ``backend``: "inductor" (default), "aot_eager" or "eager" (debugging, fast CPU tests).
     ``strict=True`` raises instead of running uncached when no loop can be cached.
-    ``calibrator_config``: ``TaylorSeerCalibratorConfig`` or ``FoCaCalibratorConfig`` forecasts the
-    middle's residual on cached steps instead of reusing it unchanged. ``params_modifiers[k]`` overrides the config
-    of the k-th cached loop (graph order; see ``explain``); a single ``ParamsModifier`` applies
-    to every loop.
+    ``calibrator_config``: ``TaylorSeerCalibratorConfig`` or ``FoCaCalibratorConfig`` forecasts
+    the middle's residual on cached steps instead of reusing it unchanged.
+    ``params_modifiers[k]`` overrides the config of the k-th cached loop (graph order, as
+    ``explain`` lists them); a single ``ParamsModifier`` applies to every loop.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
@@ -62,8 +62,8 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
                       calibrator_config=calibrator_config, params_modifiers=params_modifiers)
     session.previous_forward = module.__dict__.get("forward")
-    compiled = torch.compile(_isolated_forward(module, session.previous_forward), backend=lambda gm, ex: build(gm, ex, session),
-                             dynamic=False)
+    forward_fn = _isolated_forward(module, session.previous_forward)
+    compiled = torch.compile(forward_fn, backend=lambda gm, ex: build(gm, ex, session), dynamic=False)
 
     @functools.wraps(compiled)
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -92,7 +92,8 @@ def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = No
                        params_modifiers=params_modifiers, backend=backend, strict=strict)
     components = getattr(pipe_or_module, "components", None)
     if not isinstance(components, dict):
-        raise TypeError(f"enable_cache expects a diffusers pipeline or an nn.Module, got {type(pipe_or_module).__name__}")
+        raise TypeError("enable_cache expects a diffusers pipeline or an nn.Module, got "
+                        f"{type(pipe_or_module).__name__}")
     names = [n for n, c in components.items() if n.startswith("transformer") and isinstance(c, torch.nn.Module)]
     if not names:
         raise ValueError(f"{type(pipe_or_module).__name__} has no transformer component to cache "

@@ -1,11 +1,13 @@
 """Rewrite: split the graph into ``pre | Fn | middle | Bn | post`` pieces per loop.
 
-Every op gets the segment of its block (Fn / middle / Bn of loop k); an op outside the
-blocks gets the latest segment among its inputs, and never one earlier than the Bn of the
-loop it follows (glue after a loop joins that loop's Bn piece: one piece call fewer). Because a segment is never lower than its inputs' segments, running the pieces in
-segment order respects every data dependency, and glue inside the loop (a control hint
-added after block 5, a perceiver between blocks) lands in the middle by construction.
-Values live in a flat environment of slots: graph arguments first, then piece outputs.
+Every op gets the segment of its block (Fn / middle / Bn of loop k; DBPrune: one middle
+segment per block); an op outside the blocks gets the latest segment among its inputs, and
+never one earlier than the Bn of the loop it follows (glue after a loop joins that loop's Bn
+piece: one piece call fewer). Because a segment is never lower than its inputs' segments,
+running the pieces in segment order respects every data dependency, and glue inside the loop
+(a control hint added after block 5, a perceiver between blocks) lands in the middle by
+construction. Values live in a flat environment of slots: graph arguments first, then piece
+outputs.
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
     for piece in pieces:
         if piece.kind == "middle":
             lp = cplan.loops[piece.loop]
-            first, end = (piece.block, piece.block + 1) if piece.block is not None else (lp.middle.start, lp.middle.stop)
+            if piece.block is not None:
+                first, end = piece.block, piece.block + 1
+            else:
+                first, end = lp.middle.start, lp.middle.stop
             piece.spec = _middle_spec(lp, piece, first, end, slot)
     return prog
 

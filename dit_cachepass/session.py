@@ -40,6 +40,7 @@ class GraphReport:
 
 class Session:
     MAX_CFG_BRANCHES = 4  # more calls than this with one timestep: not CFG
+
     def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
                  strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
                  calibrator_config: Optional[CalibratorConfig] = None,

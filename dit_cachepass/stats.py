@@ -131,7 +131,8 @@ class Summary:
         if not self.loops:
             return f"dit_cachepass summary ({self.config_tag}): no cached loop has run yet."
         lines = [f"dit_cachepass summary ({self.config_tag})"]
-        head = f"| {'Loop':<40} | Steps | Cached | {'Diffs P00':>9} | {'P25':>6} | {'P50':>6} | {'P75':>6} | {'P95':>6} | {'Max':>6} |"
+        cols = " | ".join(f"{c:>6}" for c in ("P25", "P50", "P75", "P95", "Max"))
+        head = f"| {'Loop':<40} | Steps | Cached | {'Diffs P00':>9} | {cols} |"
         lines += [head, "|" + "-" * (len(head) - 2) + "|"]
         for l in self.loops:
             p = l.percentiles()
