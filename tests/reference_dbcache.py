@@ -86,3 +86,47 @@ class ReferenceDBCache:
         if self.pattern == 1:
             return e, h
         return h
+
+
+class ReferenceDBPrune(ReferenceDBCache):
+    """Plain DBPrune: every block outside the first F / last B decides on its own input's
+    relative L1 change since its last computed call (no limits, static threshold)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pruned_per_step: list[int] = []
+        self.block_input: dict[int, torch.Tensor] = {}
+        self.block_res: dict[int, tuple] = {}
+
+    def run(self, args, kwargs):
+        bound = self.sig.bind(*args, **kwargs)
+        h = bound.arguments[self.names[0]]
+        e = bound.arguments.get(self.names[1]) if self.pattern in (0, 1, 2) else None
+        n, pruned = len(self.blocks), 0
+        for i in range(n):
+            if i < self.F or i >= n - self.B:
+                h, e = self._call(i, bound, h, e)
+                continue
+            prev = self.block_input.get(i)
+            if self.step >= self.warmup and prev is not None and self.threshold > 0:
+                x = h.double()
+                diff = ((x - prev).abs().mean() / prev.abs().mean()).item()
+                if diff < self.threshold:
+                    rh, re = self.block_res[i]
+                    h = h + rh
+                    e = e + re if (e is not None and re is not None) else e
+                    pruned += 1
+                    continue
+            self.block_input[i] = h.double()
+            h2, e2 = self._call(i, bound, h, e)
+            self.block_res[i] = (h2 - h, e2 - e if (e is not None and e2 is not None) else None)
+            h, e = h2, e2
+        if pruned:
+            self.cached_steps.append(self.step)
+        self.pruned_per_step.append(pruned)
+        self.step += 1
+        if self.pattern == 0:
+            return h, e
+        if self.pattern == 1:
+            return e, h
+        return h
