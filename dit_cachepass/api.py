@@ -40,10 +40,23 @@ def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Cal
     return clone.__get__(module)
 
 
+def _decision_group(module: torch.nn.Module, process_group: Any) -> Any:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if process_group not in (None, False):
+            raise ValueError("process_group was given but torch.distributed is not initialized (or has one rank): "
+                             "call torch.distributed.init_process_group first, or drop process_group.")
+        return None
+    if process_group is True or (process_group is None and getattr(module, "_parallel_config", None) is not None):
+        return dist.group.WORLD
+    return process_group or None
+
+
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
             calibrator_config: Optional[CalibratorConfig] = None,
             params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
-            backend: str = "inductor", strict: bool = False) -> torch.nn.Module:
+            backend: str = "inductor", strict: bool = False, process_group: Any = None) -> torch.nn.Module:
     """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
 
     Returns the same module object with its ``forward`` replaced, so a pipeline keeps using
@@ -54,13 +67,18 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     the middle's residual on cached steps instead of reusing it unchanged.
     ``params_modifiers[k]`` overrides the config of the k-th cached loop (graph order, as
     ``explain`` lists them); a single ``ParamsModifier`` applies to every loop.
+    ``process_group``: when each rank holds a shard of the activations (context parallelism),
+    the ranks' L1 sums are all-reduced so that every rank takes the same decision; pass the
+    group, or ``True`` for the default group. Without it, a model under diffusers' parallel
+    config uses the default group automatically.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
     if hasattr(module, _ATTR):
         disable(module)
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
-                      calibrator_config=calibrator_config, params_modifiers=params_modifiers)
+                      calibrator_config=calibrator_config, params_modifiers=params_modifiers,
+                      process_group=_decision_group(module, process_group))
     session.previous_forward = module.__dict__.get("forward")
     forward_fn = _isolated_forward(module, session.previous_forward)
     compiled = torch.compile(forward_fn, backend=lambda gm, ex: build(gm, ex, session), dynamic=False)

@@ -44,7 +44,8 @@ class Session:
     def __init__(self, config: Optional[DBCacheConfig] = None, *, backend: str = "inductor",
                  strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
                  calibrator_config: Optional[CalibratorConfig] = None,
-                 params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None):
+                 params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
+                 process_group: Any = None):
         self.config = config if config is not None else DBCacheConfig()
         if not isinstance(self.config, DBCacheConfig):
             raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
@@ -64,6 +65,7 @@ class Session:
         for k, pm in enumerate(self.params_modifiers):
             if not isinstance(pm, ParamsModifier):
                 raise TypeError(f"params_modifiers[{k}] must be a ParamsModifier, got {type(pm).__name__}")
+        self.process_group = process_group  # ranks whose decisions must agree (sharded activations)
         self.backend = check_backend(backend)
         self.strict = strict
         self.list_lengths = list_lengths

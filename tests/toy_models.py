@@ -70,3 +70,16 @@ def toy_inputs(step, batch=2, tokens=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(batch, tokens, 8, generator=g)
     return dict(hidden_states=x0 * (1 + 0.01 * step), timestep=torch.full((batch,), 1000.0 - 50 * step))
+
+
+def sharded_inputs(step, rank=None, world=2, tokens=16):
+    """toy_inputs where the second half of the tokens drifts faster; ``rank`` selects that
+    rank's token shard (None: all tokens), as context parallelism would shard them."""
+    x = toy_inputs(step, tokens=tokens)
+    g = torch.Generator().manual_seed(1)
+    h = x["hidden_states"].clone()
+    h[:, tokens // 2:] += 0.02 * step * torch.randn(h[:, tokens // 2:].shape, generator=g)
+    if rank is not None:
+        n = tokens // world
+        h = h[:, rank * n:(rank + 1) * n]
+    return dict(hidden_states=h, timestep=x["timestep"])

@@ -32,6 +32,26 @@ def _spec(v: Any) -> Any:
     return v
 
 
+def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
+                  ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """sum|cur - ref| / sum|ref| over all ranks' shards, and whether every rank has a usable
+    reference. One all-reduce per decision, made by every rank on every call, so the ranks
+    always take the same branch (a local decision would diverge and hang the next collective)."""
+    import torch.distributed as dist
+
+    stats = torch.zeros(3, dtype=torch.float64, device=cur.device)
+    if ref is None:
+        stats[2] = 1.0
+    else:
+        stats[0] = (cur.double() - ref.double()).abs().sum()
+        stats[1] = ref.double().abs().sum()
+    dist.all_reduce(stats, group=group)
+    if stats[2] > 0:
+        return None, torch.tensor(float("inf"))
+    ratio = stats[0] / stats[1] if stats[1] > 0 else torch.tensor(float("inf"))
+    return ref, ratio.float()
+
+
 class Runner:
     """The callable the dynamo backend returns for one captured graph. Loop state lives in
     the session (per loop and CFG branch), so graphs recompiled for new shapes share it."""
@@ -110,7 +130,11 @@ class Runner:
         outs = [o for _, o in spec.residual_pairs]
         x = env[spec.hidden_inF]
         reference = state.reference_for(key, x, ins)
-        if key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
+        group = self.session.process_group
+        if group is not None:  # sharded activations: every rank must take the same decision
+            measured = x - env[spec.hidden_in0] if key is None else x
+            reference, ratio = _global_ratio(measured, reference, group)
+        elif key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
             measured, ratio = fused_residual_diff(x, env[spec.hidden_in0], reference)
         else:
             measured, ratio = x, rel_l1_diff(x, reference) if reference is not None else None
