@@ -237,8 +237,7 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
     existing = getattr(module, _ATTR, None)
     config = cache_config or (existing.config if existing else DBCacheConfig())
     session = Session(config, backend="eager", list_lengths=_list_lengths(module),
-                      params_modifiers=(existing.params_modifiers[0] if existing.modifier_for_all
-                                        else existing.params_modifiers) if existing else None)
+                      params_modifiers=existing.params_modifiers if existing else None)
     reports = []
 
     def backend(gm, ex):

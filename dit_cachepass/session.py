@@ -56,13 +56,11 @@ class Session:
             raise ValueError("calibrator_config with DBPruneConfig is not supported yet: use DBCacheConfig "
                              "for TaylorSeer, or drop the calibrator.")
         self.calibrator_config = calibrator_config
-        if isinstance(params_modifiers, ParamsModifier):
-            params_modifiers = [params_modifiers]
-            self.modifier_for_all = True
-        else:
-            self.modifier_for_all = False
-        self.params_modifiers = list(params_modifiers or [])
-        for k, pm in enumerate(self.params_modifiers):
+        # one ParamsModifier for every loop, or one per loop (graph order); kept as given
+        self.params_modifiers = params_modifiers
+        per_loop = [] if params_modifiers is None or isinstance(params_modifiers, ParamsModifier) \
+            else list(params_modifiers)
+        for k, pm in enumerate(per_loop):
             if not isinstance(pm, ParamsModifier):
                 raise TypeError(f"params_modifiers[{k}] must be a ParamsModifier, got {type(pm).__name__}")
         self.process_group = process_group  # ranks whose decisions must agree (sharded activations)
@@ -93,11 +91,11 @@ class Session:
     # -- state --------------------------------------------------------------------------
     def config_for(self, loop_index: int) -> tuple[DBCacheConfig, Optional[CalibratorConfig]]:
         """The config of the k-th loop (in graph order), ParamsModifier applied."""
-        if self.modifier_for_all:
-            loop_index = 0
-        if loop_index >= len(self.params_modifiers):
-            return self.config, self.calibrator_config
-        pm = self.params_modifiers[loop_index]
+        pm = self.params_modifiers
+        if not isinstance(pm, ParamsModifier):
+            if pm is None or loop_index >= len(pm):
+                return self.config, self.calibrator_config
+            pm = pm[loop_index]
         return pm.apply(self.config), pm.calibrator_config or self.calibrator_config
 
     def state(self, name: str, branch: int, config: DBCacheConfig,
@@ -150,16 +148,22 @@ class Session:
         """Called once per transformer call, before any piece runs: sets ``branch`` and
         ``step`` (the pipeline step, shared by the CFG branches of one step)."""
         branch = self._branch()
-        n = self.config.num_inference_steps
-        per_step = 2 if self.config.enable_separate_cfg else 1
-        if self._pending_reset or (n is not None and (
-                self.calls >= n * per_step if self.config.enable_separate_cfg else branch == 0 and self.steps >= n)):
+        if self._pending_reset or self._generation_done(branch):
             self._new_generation()
             branch = self._branch()
         if branch == 0 or self.steps == 0:
             self.steps += 1
         self.branch, self.step = branch, self.steps - 1
         self.calls += 1
+
+    def _generation_done(self, branch: int) -> bool:
+        """Have ``num_inference_steps`` pipeline steps run (CFG branches of a step count once)?"""
+        n = self.config.num_inference_steps
+        if n is None:
+            return False
+        if self.config.enable_separate_cfg:  # parity mode: exactly two calls per step
+            return self.calls >= 2 * n
+        return branch == 0 and self.steps >= n
 
     def _new_generation(self) -> None:
         self._pending_reset = False

@@ -50,10 +50,22 @@ class ReferenceDBCache:
             return out[1], out[0]
         return out[0], e
 
-    def run(self, args, kwargs):
+    def _streams(self, args, kwargs):
+        """The loop's call arguments, and the hidden / encoder streams in them."""
         bound = self.sig.bind(*args, **kwargs)
-        h = bound.arguments[self.names[0]]
         e = bound.arguments.get(self.names[1]) if self.pattern in (0, 1, 2) else None
+        return bound, bound.arguments[self.names[0]], e
+
+    def _result(self, h, e):
+        """What the loop's single wrapper returns: the last block's output, in pattern order."""
+        if self.pattern == 0:
+            return h, e
+        if self.pattern == 1:
+            return e, h
+        return h
+
+    def run(self, args, kwargs):
+        bound, h, e = self._streams(args, kwargs)
         n = len(self.blocks)
         h0 = h
         for i in range(self.F):
@@ -81,11 +93,7 @@ class ReferenceDBCache:
         for i in range(n - self.B, n):
             h, e = self._call(i, bound, h, e)
         self.step += 1
-        if self.pattern == 0:
-            return h, e
-        if self.pattern == 1:
-            return e, h
-        return h
+        return self._result(h, e)
 
 
 class ReferenceDBPrune(ReferenceDBCache):
@@ -99,9 +107,7 @@ class ReferenceDBPrune(ReferenceDBCache):
         self.block_res: dict[int, tuple] = {}
 
     def run(self, args, kwargs):
-        bound = self.sig.bind(*args, **kwargs)
-        h = bound.arguments[self.names[0]]
-        e = bound.arguments.get(self.names[1]) if self.pattern in (0, 1, 2) else None
+        bound, h, e = self._streams(args, kwargs)
         n, pruned = len(self.blocks), 0
         for i in range(n):
             if i < self.F or i >= n - self.B:
@@ -125,8 +131,4 @@ class ReferenceDBPrune(ReferenceDBCache):
             self.cached_steps.append(self.step)
         self.pruned_per_step.append(pruned)
         self.step += 1
-        if self.pattern == 0:
-            return h, e
-        if self.pattern == 1:
-            return e, h
-        return h
+        return self._result(h, e)

@@ -23,7 +23,17 @@ class Calibrator(Protocol):
     def calibrates(self, stream: int, hidden: int) -> bool: ...
 
 
-class TaylorSeerCalibrator:
+class _StreamCalibrator:
+    """What every calibrator shares: its config, and which streams it forecasts."""
+
+    def __init__(self, config: CalibratorConfig):
+        self.config, self.cache_type = config, config.calibrator_cache_type
+
+    def calibrates(self, stream: int, hidden: int) -> bool:
+        return self.config.enable_calibrator if stream == hidden else self.config.enable_encoder_calibrator
+
+
+class TaylorSeerCalibrator(_StreamCalibrator):
     """cache-dit 1.5.3's TaylorSeer: derivative i+1 = (D_i - previous D_i) / gap, where gap is
     the distance to the previous computed step; forecast = sum D_i * d**i / i!.
 
@@ -36,16 +46,12 @@ class TaylorSeerCalibrator:
     FIRST_DERIVATIVE_STEP = 3
 
     def __init__(self, config: TaylorSeerCalibratorConfig):
-        self.config = config
-        self.cache_type = config.calibrator_cache_type
+        super().__init__(config)
         self.derivs: dict[int, list[Optional[torch.Tensor]]] = {}
         self.last_update: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"TaylorSeerCalibrator(order={self.config.taylorseer_order}, cache_type={self.cache_type!r})"
-
-    def calibrates(self, stream: int, hidden: int) -> bool:
-        return self.config.enable_calibrator if stream == hidden else self.config.enable_encoder_calibrator
 
     def update(self, stream: int, value: torch.Tensor, step: int) -> None:
         order = self.config.taylorseer_order
@@ -58,7 +64,7 @@ class TaylorSeerCalibrator:
         return taylor_predict_apply(self.derivs[stream], float(step - self.last_update[stream]), base)
 
 
-class FoCaCalibrator:
+class FoCaCalibrator(_StreamCalibrator):
     """cache-dit 1.5.3's FoCa: F_pred = F_full + e/2 * (dF_full + dF_local), where e = steps since
     the last computed step (anchor F_full), dF_full = slope between the last two computed
     steps and dF_local = slope of the rolling window, which also takes every forecast. Past a
@@ -68,15 +74,12 @@ class FoCaCalibrator:
     MAX_HORIZON = 3.0
 
     def __init__(self, config: CalibratorConfig):
-        self.config, self.cache_type = config, config.calibrator_cache_type
+        super().__init__(config)
         # per stream: [F_k, F_km1, F_full, F_full_prev, last_full_step]
         self.state: dict[int, list] = {}
 
     def __repr__(self) -> str:
         return f"FoCaCalibrator(cache_type={self.cache_type!r})"
-
-    def calibrates(self, stream: int, hidden: int) -> bool:
-        return self.config.enable_calibrator if stream == hidden else self.config.enable_encoder_calibrator
 
     def update(self, stream: int, value: torch.Tensor, step: int) -> None:
         f_k, _, f_full, _, _ = self.state.get(stream, [None] * 5)
