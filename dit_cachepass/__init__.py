@@ -10,7 +10,7 @@ from .api import (ExplainReport, LoopReport, compile, disable, disable_cache, en
                   summary)
 from .flops import count_flops
 from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, FBCacheConfig, FoCaCalibratorConfig,
-                     ParamsModifier, TaylorSeerCalibratorConfig)
+                     ParallelismConfig, ParamsModifier, TaylorSeerCalibratorConfig)
 from .patterns import ForwardPattern
 from .session import UnsupportedModelError
 from .stats import Summary
@@ -18,7 +18,7 @@ from .stats import Summary
 __version__ = "0.1.0"
 __all__ = [
     "DBCacheConfig", "DBPruneConfig", "FBCacheConfig", "TaylorSeerCalibratorConfig", "FoCaCalibratorConfig",
-    "CalibratorConfig", "ParamsModifier", "ForwardPattern",
+    "CalibratorConfig", "ParamsModifier", "ParallelismConfig", "ForwardPattern",
     "enable_cache", "disable_cache",
     "compile", "disable", "refresh", "summary", "explain", "ExplainReport", "LoopReport",
     "Summary", "UnsupportedModelError", "count_flops",

@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .backend import analyse, build, _SESSIONS
-from .config import CalibratorConfig, DBCacheConfig, ParamsModifier
+from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .matcher import NO_BLOCK_LIST
+from .parallel import decision_group, enable_parallelism
 from .session import Session
 from .stats import Summary
 
@@ -40,19 +41,6 @@ def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Cal
     return clone.__get__(module)
 
 
-def _decision_group(module: torch.nn.Module, process_group: Any) -> Any:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        if process_group not in (None, False):
-            raise ValueError("process_group was given but torch.distributed is not initialized (or has one rank): "
-                             "call torch.distributed.init_process_group first, or drop process_group.")
-        return None
-    if process_group is True or (process_group is None and getattr(module, "_parallel_config", None) is not None):
-        return dist.group.WORLD
-    return process_group or None
-
-
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
             calibrator_config: Optional[CalibratorConfig] = None,
             params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
@@ -69,8 +57,9 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     ``explain`` lists them); a single ``ParamsModifier`` applies to every loop.
     ``process_group``: when each rank holds a shard of the activations (context parallelism),
     the ranks' L1 sums are all-reduced so that every rank takes the same decision; pass the
-    group, or ``True`` for the default group. Without it, a model under diffusers' parallel
-    config uses the default group automatically.
+    group, or ``True`` for the default group, or ``False`` to decide per rank. Left as ``None``,
+    a model prepared with diffusers' ``enable_parallelism`` uses its context- (or tensor-)
+    parallel mesh's group automatically.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
@@ -78,7 +67,7 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
         disable(module)
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
                       calibrator_config=calibrator_config, params_modifiers=params_modifiers,
-                      process_group=_decision_group(module, process_group))
+                      process_group=decision_group(module, process_group))
     session.previous_forward = module.__dict__.get("forward")
     forward_fn = _isolated_forward(module, session.previous_forward)
     compiled = torch.compile(forward_fn, backend=lambda gm, ex: build(gm, ex, session), dynamic=False)
@@ -97,15 +86,20 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
 def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = None, *,
                  calibrator_config: Optional[CalibratorConfig] = None,
                  params_modifiers: Optional[list] = None, backend: str = "inductor",
-                 strict: bool = False) -> Any:
+                 strict: bool = False, parallelism_config: Optional[ParallelismConfig] = None) -> Any:
     """cache-dit's drop-in: cache every transformer of a diffusers pipeline (or one module).
 
     Each transformer (``transformer``, ``transformer_2`` ...) gets its own session and state.
     ``params_modifiers``: for one module, a list of ``ParamsModifier`` (one per loop); for a
     pipeline, one entry per transformer in component order, each a ``ParamsModifier`` (for all
     its loops) or a list of them (one per loop). Returns ``pipe_or_module``.
+    ``parallelism_config``: a ``ParallelismConfig`` (or diffusers' own ``ContextParallelConfig``
+    / ``TensorParallelConfig`` / ``ParallelConfig``) shards each transformer with diffusers'
+    ``enable_parallelism`` first; the ranks then take every cache decision together.
     """
     if isinstance(pipe_or_module, torch.nn.Module):
+        if parallelism_config is not None:
+            enable_parallelism(pipe_or_module, parallelism_config)
         return compile(pipe_or_module, cache_config, calibrator_config=calibrator_config,
                        params_modifiers=params_modifiers, backend=backend, strict=strict)
     components = getattr(pipe_or_module, "components", None)
@@ -121,6 +115,8 @@ def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = No
         raise ValueError(f"params_modifiers has {len(mods)} entries but the pipeline has {len(names)} "
                          f"transformer(s): {names}")
     for i, name in enumerate(names):
+        if parallelism_config is not None:
+            enable_parallelism(components[name], parallelism_config)
         compile(components[name], cache_config, calibrator_config=calibrator_config,
                 params_modifiers=mods[i] if i < len(mods) else None, backend=backend, strict=strict)
     return pipe_or_module

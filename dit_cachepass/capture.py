@@ -17,16 +17,17 @@ import torch.fx as fx
 _DICT_MODULES = re.compile(r"\.__dict__\['_modules'\]\['([^']+)'\]")
 _ITEM = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
 _CHILD = re.compile(r"^(?P<list>.+)\.(?P<idx>\d+)$")
+# The root module as dynamo names it: ``self``, the compiled function, or the module that a
+# ``functools.partial(new_forward, module)`` hook wrapper binds (diffusers' HookRegistry, e.g.
+# under context parallelism).
+_ROOT = re.compile(r"^(L\['self'\]|L\['fn'\]|self)(\.args\[0\])?")
 _GLOBAL_STATE_TARGETS = ("_enter_autocast", "_exit_autocast", "_set_grad_enabled", "set_grad_enabled")
 
 
 def normalize_module_path(raw: str) -> str:
-    """``L['self'].__dict__['_modules']['blocks'].0.attn`` -> ``blocks.0.attn``."""
-    path = raw
-    for prefix in ("L['self']", "L['fn']", "self"):
-        if path.startswith(prefix):
-            path = path[len(prefix):]
-            break
+    """``L['self'].__dict__['_modules']['blocks'].0.attn`` -> ``blocks.0.attn``; likewise
+    ``L['fn'].args[0].blocks.0`` (a hook-wrapped forward) -> ``blocks.0``."""
+    path = _ROOT.sub("", raw, count=1)
     path = _DICT_MODULES.sub(r".\1", path)
     path = path.replace("._modules", "")
     path = _ITEM.sub(lambda m: "." + (m.group(1) or m.group(2)), path)

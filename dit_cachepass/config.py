@@ -242,3 +242,56 @@ class ParamsModifier:
 
     def apply(self, base: DBCacheConfig) -> DBCacheConfig:
         return dataclasses.replace(self.cache_config or base, **self.overrides)
+
+
+@dataclass
+class ParallelismConfig:
+    """cache-dit's ``parallelism_config`` for ``enable_cache``: shard each transformer with
+    diffusers' own parallelism (``enable_parallelism``) before caching it.
+
+    ``ulysses_size`` / ``ring_size``: context parallelism (each rank holds a slice of the
+    sequence); ``tp_size``: tensor parallelism (each rank holds a slice of the weights, from
+    the model's ``_tp_plan``). diffusers 0.42 builds one mesh per model, so context and tensor
+    parallelism are exclusive here, and the degrees must multiply to the world size (for a
+    hybrid with data parallelism, build the mesh yourself and pass diffusers' own config).
+    ``attention_backend``: set on the model first (context parallelism needs one that supports
+    it, e.g. "native", "flash", "_native_cudnn"); ``cp_plan`` overrides the model's ``_cp_plan``.
+    """
+
+    ulysses_size: Optional[int] = None
+    ring_size: Optional[int] = None
+    tp_size: Optional[int] = None
+    attention_backend: Optional[str] = None
+    cp_plan: Optional[Any] = None
+    ulysses_anything: bool = False
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for f in ("ulysses_size", "ring_size", "tp_size"):
+            if getattr(self, f) is not None:
+                _check_int(name, f, getattr(self, f), 1)
+        if self.context_parallel and self.tensor_parallel:
+            raise ValueError(f"{name}: context parallelism (ulysses_size/ring_size) and tensor parallelism "
+                             "(tp_size) cannot be combined in one diffusers 0.42 model (it builds one mesh); "
+                             "pick one.")
+        if not (self.context_parallel or self.tensor_parallel):
+            raise ValueError(f"{name}: nothing to parallelize: set ulysses_size or ring_size > 1 (context "
+                             "parallelism) or tp_size > 1 (tensor parallelism).")
+
+    @property
+    def context_parallel(self) -> bool:
+        return (self.ulysses_size or 1) * (self.ring_size or 1) > 1
+
+    @property
+    def tensor_parallel(self) -> bool:
+        return (self.tp_size or 1) > 1
+
+    @property
+    def world_size(self) -> int:
+        """Ranks this config spans."""
+        return (self.ulysses_size or 1) * (self.ring_size or 1) * (self.tp_size or 1)
+
+    def strify(self) -> str:
+        if self.tensor_parallel:
+            return f"TP{self.tp_size}"
+        return f"Ulysses{self.ulysses_size or 1}Ring{self.ring_size or 1}"

@@ -32,7 +32,11 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: st
 
 
 def _signature(args: Sequence[Any]) -> tuple:
-    return tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+    """Inductor specializes on strides too (and asserts them on entry): a piece fed once by a
+    computed middle and once by a cached residual apply may see the same shape laid out
+    differently (e.g. a view out of an all-to-all under context parallelism)."""
+    return tuple((tuple(a.shape), a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else a
+                 for a in args)
 
 
 def _without_fake_meta(gm: fx.GraphModule) -> fx.GraphModule:
@@ -67,7 +71,7 @@ def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool) -> Callable:
 
 
 class LazyCompiled:
-    """A piece compiled on first use, once per input-shape signature (a graph captured with
+    """A piece compiled on first use, once per input shape-and-stride signature (a graph captured with
     dynamic shapes serves several shapes; a statically compiled piece serves one).
     ``__call__(*args)`` returns the piece's output tuple."""
 

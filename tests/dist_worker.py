@@ -1,4 +1,11 @@
-"""Run by tests/test_distributed.py: 2 gloo ranks, each holding half of the tokens."""
+"""Run by tests/test_distributed.py: 2 gloo ranks on CPU.
+
+``toy sync|local THRESHOLD OUT PORT``: the per-token toy, each rank holding half of the tokens.
+``diffusers ulysses|tp THRESHOLD OUT PORT BACKEND ALGO``: the zoo's tiny real FLUX sharded by
+diffusers' own ``enable_parallelism`` through ``dcp.enable_cache(parallelism_config=...)``,
+cached with ALGO (dbcache, dbprune or taylorseer; see ``algorithm``).
+Rank 0 writes the gathered outputs (out.pt) and every rank's decisions (cached.json).
+"""
 
 import json
 import os
@@ -21,10 +28,32 @@ def config(threshold):
                              max_warmup_steps=1)
 
 
-def worker(rank, world, sync, threshold, out_dir, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+def algorithm(algo, threshold):
+    """(cache_config, calibrator_config) for one of the algorithms whose state must agree across ranks."""
+    kw = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=threshold, max_warmup_steps=1)
+    if algo == "dbprune":
+        return dcp.DBPruneConfig(**kw), None
+    calibrator = dcp.TaylorSeerCalibratorConfig(taylorseer_order=1) if algo == "taylorseer" else None
+    return dcp.DBCacheConfig(**kw), calibrator
+
+
+def decisions(m):
+    """Per loop and step: which middles (None) or blocks were skipped."""
+    return [[[r.step, sorted(map(str, r.skipped))] for r in loop.steps] for loop in dcp.summary(m).loops]
+
+
+def allow_diffusers_parallelism_on_cpu():
+    """diffusers 0.42.1 assumes an accelerator: it places rank r on device ``r % device_count()``
+    (0 on a CPU-only build: ZeroDivisionError) and refuses tensor parallelism on a "cpu" mesh.
+    Both are placement checks; gloo and DTensor run the same collectives on CPU."""
+    import diffusers.hooks.tensor_parallel as tp
+
+    torch.accelerator.device_count = lambda: 1
+    if "cpu" not in tp._SUPPORTED_TP_DEVICES:
+        tp._SUPPORTED_TP_DEVICES = (*tp._SUPPORTED_TP_DEVICES, "cpu")
+
+
+def toy_run(rank, world, sync, threshold):
     torch.manual_seed(0)
     m = dcp.compile(ToyDiT().eval(), config(threshold), backend="eager", process_group=True if sync else None)
     outs = []
@@ -34,8 +63,33 @@ def worker(rank, world, sync, threshold, out_dir, port):
             parts = [torch.empty_like(local) for _ in range(world)]
             dist.all_gather(parts, local)
             outs.append(torch.cat(parts, dim=1))
+    return m, outs
+
+
+def diffusers_run(kind, threshold, backend, algo):
+    from dit_cachepass.testing.zoo import ZOO
+
+    allow_diffusers_parallelism_on_cpu()
+    e = ZOO["flux"]
+    par = dcp.ParallelismConfig(ulysses_size=2) if kind == "ulysses" else dcp.ParallelismConfig(tp_size=2)
+    cache, calibrator = algorithm(algo, threshold)
+    m = dcp.enable_cache(e.build(), cache, calibrator_config=calibrator, parallelism_config=par, backend=backend,
+                         strict=True)
+    with torch.no_grad():  # diffusers gathers the sequence at proj_out: every rank returns the whole output
+        outs = [m(**e.inputs(s, STEPS, 1.0), return_dict=False)[0] for s in range(STEPS)]
+    return m, outs
+
+
+def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    if mode == "toy":
+        m, outs = toy_run(rank, world, kind == "sync", threshold)
+    else:
+        m, outs = diffusers_run(kind, threshold, backend, algo)
     cached = [None] * world
-    dist.all_gather_object(cached, dcp.summary(m).cached_steps)
+    dist.all_gather_object(cached, dcp.summary(m).cached_steps if mode == "toy" else decisions(m))
     if rank == 0:
         torch.save(torch.stack(outs), os.path.join(out_dir, "out.pt"))
         with open(os.path.join(out_dir, "cached.json"), "w") as f:
@@ -44,5 +98,6 @@ def worker(rank, world, sync, threshold, out_dir, port):
 
 
 if __name__ == "__main__":
-    sync, threshold, out_dir, port = sys.argv[1] == "sync", float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    mp.spawn(worker, args=(2, sync, threshold, out_dir, port), nprocs=2)
+    mode, kind, threshold, out_dir, port = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    backend, algo = (sys.argv[6:8] + ["eager", "dbcache"][len(sys.argv) - 6:])[:2]
+    mp.spawn(worker, args=(2, mode, kind, threshold, out_dir, port, backend, algo), nprocs=2)

@@ -202,3 +202,17 @@ def test_summary_plot_writes_a_png(tmp_path):
     path = dcp.summary(m).plot(str(tmp_path / "timeline.png"), threshold=0.5)
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inductor_piece_recompiles_for_new_strides_instead_of_asserting():
+    """Inductor asserts input strides on entry; the same shape laid out differently (a view out
+    of a collective on one step, a fresh residual apply on the next) must get its own build."""
+    from dit_cachepass.lower import LazyCompiled
+
+    gm = torch.fx.symbolic_trace(lambda x: (x * 2 + 1,))
+    piece = LazyCompiled(gm, "inductor")
+    x = torch.randn(2, 3, 4)
+    strided = torch.randn(2, 4, 3).transpose(1, 2)
+    torch.testing.assert_close(piece(x)[0], x * 2 + 1)
+    torch.testing.assert_close(piece(strided)[0], strided * 2 + 1)
+    assert len(piece.fns) == 2
