@@ -90,7 +90,12 @@ def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo):
         m, outs = diffusers_run(kind, threshold, backend, algo)
     cached = [None] * world
     dist.all_gather_object(cached, dcp.summary(m).cached_steps if mode == "toy" else decisions(m))
+    shapes = [None] * world  # of the cached residuals each rank holds
+    dist.all_gather_object(shapes, sorted({tuple(r.shape) for st in m._dit_cachepass.states.values()
+                                           for b in st.buffers.values() for r in b.residuals}))
     if rank == 0:
+        with open(os.path.join(out_dir, "residual_shapes.json"), "w") as f:
+            json.dump(shapes, f)
         torch.save(torch.stack(outs), os.path.join(out_dir, "out.pt"))
         with open(os.path.join(out_dir, "cached.json"), "w") as f:
             json.dump(cached, f)

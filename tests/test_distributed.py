@@ -38,8 +38,10 @@ def run_ranks(tmp_path, mode, kind, threshold, *extra):
     out = tmp_path / f"{mode}-{kind}"
     out.mkdir()
     subprocess.run([sys.executable, os.path.join(HERE, "dist_worker.py"), mode, kind, str(threshold), str(out),
-                    str(_free_port()), *extra], check=True, timeout=280)
-    return json.loads((out / "cached.json").read_text()), torch.load(out / "out.pt")
+                    str(_free_port()), *extra], check=True, timeout=150)  # a hang fails fast
+    """Every rank's decisions, rank 0's gathered outputs, every rank's cached-residual shapes."""
+    return (json.loads((out / "cached.json").read_text()), torch.load(out / "out.pt"),
+            json.loads((out / "residual_shapes.json").read_text()))
 
 
 def single_process():
@@ -52,13 +54,13 @@ def single_process():
     return dcp.summary(m).cached_steps, torch.stack(outs)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(200)
 def test_ranks_follow_one_global_decision(tmp_path):
     ref_cached, ref_out = single_process()
-    cached, out = run_ranks(tmp_path, "toy", "sync", THRESHOLD)
+    cached, out, _ = run_ranks(tmp_path, "toy", "sync", THRESHOLD)
     assert cached[0] == cached[1] == ref_cached and ref_cached
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
-    local, _ = run_ranks(tmp_path, "toy", "local", THRESHOLD)
+    local, _, _ = run_ranks(tmp_path, "toy", "local", THRESHOLD)
     assert local[0] != local[1], "the ranks' local diffs should disagree here, or the test proves nothing"
 
 
@@ -70,7 +72,7 @@ def test_process_group_without_distributed_is_a_clear_error():
 DIFFUSERS_THRESHOLD = 0.12
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(200)
 @pytest.mark.parametrize("kind,backend,algo", [("ulysses", "aot_eager", "dbcache"), ("ulysses", "eager", "dbprune"),
                                                ("ulysses", "eager", "taylorseer"), ("tp", "eager", "dbcache")])
 def test_diffusers_parallel_flux_takes_the_single_process_decisions(tmp_path, kind, backend, algo):
@@ -87,9 +89,16 @@ def test_diffusers_parallel_flux_takes_the_single_process_decisions(tmp_path, ki
     ref_decisions = decisions(ref)
     skipped = sum(bool(s) for loop in ref_decisions for _, s in loop)
     assert 0 < skipped < STEPS - 1, ref_decisions
-    got, out = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD, backend, algo)
+    got, out, residual_shapes = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD, backend, algo)
     assert got[0] == got[1] == ref_decisions
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    # cached residuals are laid out like the activations they replace: a sequence shard per rank
+    # under context parallelism, the whole (replicated) activation under tensor parallelism
+    full = {tuple(r.shape) for st in ref._dit_cachepass.states.values() for b in st.buffers.values()
+            for r in b.residuals}
+    shard = {(b, n // 2, c) for b, n, c in full}
+    for rank_shapes in residual_shapes:
+        assert {tuple(x) for x in rank_shapes} == (shard if kind == "ulysses" else full)
 
 
 def test_parallelism_config_without_distributed_is_a_clear_error():
