@@ -2,7 +2,8 @@
 
 Dynamo records, for each op, the stack of modules it was called from
 (``nn_module_stack``). The outermost entry that is an indexed child (``<list>.<i>``) names
-the block; ops with no such entry are glue around (or inside) the loop.
+the block; ops with no such entry are glue around (or inside) the loop, and so are ops that a
+diffusers hook on the block itself runs (the context-parallel split of block 0's input).
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ import torch.fx as fx
 _DICT_MODULES = re.compile(r"\.__dict__\['_modules'\]\['([^']+)'\]")
 _ITEM = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
 _CHILD = re.compile(r"^(?P<list>.+)\.(?P<idx>\d+)$")
-# The root module as dynamo names it: ``self``, the compiled function, or the module that a
+# The root module as dynamo names it: ``self``; the compiled function, or the module that a
 # ``functools.partial(new_forward, module)`` hook wrapper binds (diffusers' HookRegistry, e.g.
-# under context parallelism).
-_ROOT = re.compile(r"^(L\['self'\]|L\['fn'\]|self)(\.args\[0\])?")
+# under context parallelism); or, in a frame dynamo resumed after a graph break inside such a
+# hook, the bound forward's ``__self__`` (``L['function_reference'].forward.__self__``).
+_ROOT = re.compile(r"^(L\['self'\]|L\['fn'\](\.args\[0\])?|self|L\['\w+'\](\.\w+)*?\.__self__)")
+# Where diffusers' ModelHooks live: ops they run around a block's forward (context-parallel
+# sharding of the block's inputs) are glue between blocks, not part of the block.
+_HOOK_FILE = re.compile(r'File "[^"]*[/\\]diffusers[/\\]hooks[/\\][^"]*"')
 _GLOBAL_STATE_TARGETS = ("_enter_autocast", "_exit_autocast", "_set_grad_enabled", "set_grad_enabled")
 
 
 def normalize_module_path(raw: str) -> str:
     """``L['self'].__dict__['_modules']['blocks'].0.attn`` -> ``blocks.0.attn``; likewise
-    ``L['fn'].args[0].blocks.0`` (a hook-wrapped forward) -> ``blocks.0``."""
+    ``L['fn'].args[0].blocks.0`` (a hook-wrapped forward) -> ``blocks.0``, and
+    ``L['function_reference'].forward.__self__.blocks.0`` (resumed inside a hook) likewise."""
     path = _ROOT.sub("", raw, count=1)
     path = _DICT_MODULES.sub(r".\1", path)
     path = path.replace("._modules", "")
@@ -63,6 +69,11 @@ class CapturedGraph:
         return list(self.gm.graph.nodes)
 
 
+def _innermost_frame_is_hook(node: fx.Node) -> bool:
+    frames = [line for line in (node.meta.get("stack_trace") or "").splitlines() if line.strip().startswith("File")]
+    return bool(frames) and _HOOK_FILE.search(frames[-1]) is not None
+
+
 def _is_param(node: fx.Node, example: Any) -> bool:
     if isinstance(example, torch.nn.Parameter):
         return True
@@ -93,6 +104,8 @@ def capture(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> CapturedGraph:
             m = _CHILD.match(normalize_module_path(raw))
             if m is None:
                 continue
+            if depth == len(stack) - 1 and _innermost_frame_is_hook(node):
+                break  # a hook on the block itself: glue before/after the block
             ref = BlockRef(m.group("list"), int(m.group("idx")))
             block_of[node] = ref
             block_class.setdefault(ref.list_path, cls)

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py: 2 gloo ranks on CPU.
 
 ``toy sync|local THRESHOLD OUT PORT``: the per-token toy, each rank holding half of the tokens.
-``diffusers ulysses|tp THRESHOLD OUT PORT BACKEND ALGO``: the zoo's tiny real FLUX sharded by
+``diffusers ulysses|tp THRESHOLD OUT PORT BACKEND ALGO MODEL``: a tiny real zoo model sharded by
 diffusers' own ``enable_parallelism`` through ``dcp.enable_cache(parallelism_config=...)``,
 cached with ALGO (dbcache, dbprune or taylorseer; see ``algorithm``).
 Rank 0 writes the gathered outputs (out.pt) and every rank's decisions (cached.json).
@@ -66,11 +66,11 @@ def toy_run(rank, world, sync, threshold):
     return m, outs
 
 
-def diffusers_run(kind, threshold, backend, algo):
+def diffusers_run(kind, threshold, backend, algo, model):
     from dit_cachepass.testing.zoo import ZOO
 
     allow_diffusers_parallelism_on_cpu()
-    e = ZOO["flux"]
+    e = ZOO[model]
     par = dcp.ParallelismConfig(ulysses_size=2) if kind == "ulysses" else dcp.ParallelismConfig(tp_size=2)
     cache, calibrator = algorithm(algo, threshold)
     m = dcp.enable_cache(e.build(), cache, calibrator_config=calibrator, parallelism_config=par, backend=backend,
@@ -80,14 +80,14 @@ def diffusers_run(kind, threshold, backend, algo):
     return m, outs
 
 
-def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo):
+def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo, model):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     if mode == "toy":
         m, outs = toy_run(rank, world, kind == "sync", threshold)
     else:
-        m, outs = diffusers_run(kind, threshold, backend, algo)
+        m, outs = diffusers_run(kind, threshold, backend, algo, model)
     cached = [None] * world
     dist.all_gather_object(cached, dcp.summary(m).cached_steps if mode == "toy" else decisions(m))
     shapes = [None] * world  # of the cached residuals each rank holds
@@ -104,5 +104,5 @@ def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo):
 
 if __name__ == "__main__":
     mode, kind, threshold, out_dir, port = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-    backend, algo = (sys.argv[6:8] + ["eager", "dbcache"][len(sys.argv) - 6:])[:2]
-    mp.spawn(worker, args=(2, mode, kind, threshold, out_dir, port, backend, algo), nprocs=2)
+    backend, algo, model = (sys.argv[6:9] + ["eager", "dbcache", "flux"][len(sys.argv) - 6:])[:3]
+    mp.spawn(worker, args=(2, mode, kind, threshold, out_dir, port, backend, algo, model), nprocs=2)

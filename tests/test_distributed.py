@@ -73,15 +73,18 @@ DIFFUSERS_THRESHOLD = 0.12
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("kind,backend,algo", [("ulysses", "aot_eager", "dbcache"), ("ulysses", "eager", "dbprune"),
-                                               ("ulysses", "eager", "taylorseer"), ("tp", "eager", "dbcache")])
-def test_diffusers_parallel_flux_takes_the_single_process_decisions(tmp_path, kind, backend, algo):
+@pytest.mark.parametrize("model,kind,backend,algo", [
+    ("flux", "ulysses", "aot_eager", "dbcache"), ("flux", "ulysses", "eager", "dbprune"),
+    ("flux", "ulysses", "eager", "taylorseer"), ("flux", "tp", "eager", "dbcache"),
+    ("qwenimage", "ulysses", "eager", "dbcache"),  # its plan splits at block 0's own hook
+])
+def test_diffusers_parallel_model_takes_the_single_process_decisions(tmp_path, model, kind, backend, algo):
     """Same skipped middles (DBCache, TaylorSeer) or blocks (DBPrune) on both ranks as in one
     process, and the same output: the forecasts stay consistent across shards too."""
     from dist_worker import STEPS, algorithm, decisions
     from dit_cachepass.testing.zoo import ZOO
 
-    e = ZOO["flux"]
+    e = ZOO[model]
     cache, calibrator = algorithm(algo, DIFFUSERS_THRESHOLD)
     ref = dcp.compile(e.build(), cache, calibrator_config=calibrator, backend="eager")
     with torch.no_grad():
@@ -89,7 +92,7 @@ def test_diffusers_parallel_flux_takes_the_single_process_decisions(tmp_path, ki
     ref_decisions = decisions(ref)
     skipped = sum(bool(s) for loop in ref_decisions for _, s in loop)
     assert 0 < skipped < STEPS - 1, ref_decisions
-    got, out, residual_shapes = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD, backend, algo)
+    got, out, residual_shapes = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD, backend, algo, model)
     assert got[0] == got[1] == ref_decisions
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     # cached residuals are laid out like the activations they replace: a sequence shard per rank
