@@ -216,3 +216,23 @@ def test_inductor_piece_recompiles_for_new_strides_instead_of_asserting():
     torch.testing.assert_close(piece(x)[0], x * 2 + 1)
     torch.testing.assert_close(piece(strided)[0], strided * 2 + 1)
     assert len(piece.fns) == 2
+
+
+def test_models_behind_a_diffusers_hook_get_their_own_dynamo_cache():
+    """diffusers' HookRegistry (used by context parallelism) replaces ``forward`` with
+    ``partial(new_forward, module)``: one code object for every hooked model. Each compiled
+    model must get a private copy, or the recompile limit silently leaves later ones uncached."""
+    from diffusers.hooks import HookRegistry, ModelHook
+    from dit_cachepass.testing.zoo import ZOO
+
+    e = ZOO["flux"]
+    cfg = dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.0)
+    with torch._dynamo.config.patch(recompile_limit=2), torch.no_grad():
+        for _ in range(3):
+            m = e.build()
+            HookRegistry.check_if_exists_or_initialize(m).register_hook(ModelHook(), "noop")
+            ref = e.build()
+            m = dcp.compile(m, cfg, backend="eager", strict=True)  # strict: uncached would raise
+            x = e.inputs(0, 4, 1.0)
+            torch.testing.assert_close(m(**x, return_dict=False)[0], ref(**x, return_dict=False)[0])
+            assert any(g.loops for g in m._dit_cachepass.graphs)
