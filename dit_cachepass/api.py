@@ -229,7 +229,8 @@ def _graph_breaks(module: torch.nn.Module, prior: Optional[Callable], args: tupl
         lines = [l.strip() for l in str(err).splitlines() if l.strip()]
         where = next((l for l in lines if l.startswith("File ")), "")
         return [f"graph break: {lines[0] if lines else type(err).__name__} {where}".strip(),
-                "a graph break inside the block loop keeps the loop out of every graph; try "
+                "no graph holds the whole block loop: a graph break inside it, or one after which "
+                "dynamo runs whole frames eagerly, keeps it out of every graph; try "
                 "torch._dynamo.config.capture_scalar_outputs=True / capture_dynamic_output_shape_ops=True, "
                 "or remove the data-dependent Python branch"]
     return []
