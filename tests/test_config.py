@@ -57,3 +57,14 @@ def test_bad_backend_and_config_type():
         dcp.compile(m, dcp.DBCacheConfig(), backend="tvm")
     with pytest.raises(TypeError, match="DBCacheConfig"):
         dcp.compile(m, {"Fn_compute_blocks": 1})
+
+
+def test_parallelism_config_validates_itself():
+    assert dcp.ParallelismConfig(ulysses_size=2, ring_size=2).world_size == 4
+    assert dcp.ParallelismConfig(tp_size=2).strify() == "TP2"
+    with pytest.raises(ValueError, match="tp_size=0"):
+        dcp.ParallelismConfig(tp_size=0)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        dcp.ParallelismConfig(ulysses_size=2, tp_size=2)
+    with pytest.raises(ValueError, match="nothing to parallelize"):
+        dcp.ParallelismConfig(ulysses_size=1)
