@@ -112,7 +112,11 @@ def rank_worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
         result[name] = dict(seconds=seconds, cached=cached_steps(m), sync=sync_seconds[0] / (args.repeats + 1),
                             out=out.tolist())
     queue.put((rank, result))
+    dist.barrier()
     dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()  # the result has reached the pipe
+    os._exit(0)  # skip teardown: gloo's threads sometimes abort there (see tests/dist_worker.py)
 
 
 def run_ranks(args: argparse.Namespace) -> list[dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from .config import ParallelismConfig
 
@@ -30,8 +31,6 @@ def _diffusers_config(config: ParallelismConfig) -> Any:
 def enable_parallelism(module: torch.nn.Module, config: Any) -> None:
     """Shard ``module`` with ``config``: our ``ParallelismConfig`` or diffusers' own
     ``ParallelConfig`` / ``ContextParallelConfig`` / ``TensorParallelConfig`` (passed through)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError("parallelism_config needs torch.distributed: launch with torchrun and call "
                          "torch.distributed.init_process_group() before enable_cache.")
@@ -57,8 +56,6 @@ def decision_group(module: torch.nn.Module, process_group: Any) -> Any:
     """The group whose ranks share one sample (``None``: decide locally). ``process_group``:
     a group, ``True`` for the default group, ``False`` for local decisions, or ``None`` to
     follow the model's diffusers parallel config."""
-    import torch.distributed as dist
-
     config = getattr(module, "_parallel_config", None)
     if process_group is False and getattr(config, "context_parallel_config", None) is not None:
         raise ValueError("process_group=False on a context-parallel model: each rank sees a different slice "
@@ -87,6 +84,5 @@ def _parallel_config_group(config: Any) -> Any:
         tp = getattr(config, "tensor_parallel_config", None)
         mesh = getattr(tp, "_mesh", None) if tp is not None else None
     if mesh is None:
-        import torch.distributed as dist
         return dist.group.WORLD
     return mesh.get_group()

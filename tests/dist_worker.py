@@ -1,12 +1,14 @@
 """Run by tests/test_distributed.py: 2 gloo ranks on CPU.
 
 ``toy sync|local THRESHOLD OUT PORT``: the per-token toy, each rank holding half of the tokens.
-``diffusers ulysses|tp THRESHOLD OUT PORT BACKEND ALGO MODEL``: a tiny real zoo model sharded by
-diffusers' own ``enable_parallelism`` through ``dcp.enable_cache(parallelism_config=...)``,
-cached with ALGO (dbcache, dbprune or taylorseer; see ``algorithm``).
+``diffusers ulysses|tp THRESHOLD OUT PORT [--backend B] [--algo A] [--model M]``: a tiny real zoo
+model sharded by diffusers' own ``enable_parallelism`` through
+``dcp.enable_cache(parallelism_config=...)``, cached with A (dbcache, dbprune or taylorseer; see
+``algorithm``).
 Rank 0 writes the gathered outputs (out.pt) and every rank's decisions (cached.json).
 """
 
+import argparse
 import json
 import os
 import sys
@@ -40,6 +42,12 @@ def algorithm(algo, threshold):
 def decisions(m):
     """Per loop and step: which middles (None) or blocks were skipped."""
     return [[[r.step, sorted(map(str, r.skipped))] for r in loop.steps] for loop in dcp.summary(m).loops]
+
+
+def residual_shapes(m):
+    """The shapes of every cached residual the model holds."""
+    return {tuple(r.shape) for st in m._dit_cachepass.states.values() for b in st.buffers.values()
+            for r in b.residuals}
 
 
 def allow_diffusers_parallelism_on_cpu():
@@ -91,18 +99,30 @@ def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo, mod
     cached = [None] * world
     dist.all_gather_object(cached, dcp.summary(m).cached_steps if mode == "toy" else decisions(m))
     shapes = [None] * world  # of the cached residuals each rank holds
-    dist.all_gather_object(shapes, sorted({tuple(r.shape) for st in m._dit_cachepass.states.values()
-                                           for b in st.buffers.values() for r in b.residuals}))
+    dist.all_gather_object(shapes, sorted(residual_shapes(m)))
     if rank == 0:
         with open(os.path.join(out_dir, "residual_shapes.json"), "w") as f:
             json.dump(shapes, f)
         torch.save(torch.stack(outs), os.path.join(out_dir, "out.pt"))
         with open(os.path.join(out_dir, "cached.json"), "w") as f:
             json.dump(cached, f)
+    dist.barrier()
     dist.destroy_process_group()
+    # Everything is written. About 1 run in 12, a rank then aborts in interpreter teardown
+    # ("terminate called without an active exception", SIGABRT) inside gloo's threads (seen with
+    # torch 2.13, before this change too); skip that teardown.
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    mode, kind, threshold, out_dir, port = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-    backend, algo, model = (sys.argv[6:9] + ["eager", "dbcache", "flux"][len(sys.argv) - 6:])[:3]
-    mp.spawn(worker, args=(2, mode, kind, threshold, out_dir, port, backend, algo, model), nprocs=2)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["toy", "diffusers"])
+    p.add_argument("kind", choices=["sync", "local", "ulysses", "tp"])
+    p.add_argument("threshold", type=float)
+    p.add_argument("out_dir")
+    p.add_argument("port", type=int)
+    p.add_argument("--backend", default="eager")
+    p.add_argument("--algo", default="dbcache", choices=["dbcache", "dbprune", "taylorseer"])
+    p.add_argument("--model", default="flux")
+    a = p.parse_args()
+    mp.spawn(worker, args=(2, a.mode, a.kind, a.threshold, a.out_dir, a.port, a.backend, a.algo, a.model), nprocs=2)

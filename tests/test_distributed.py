@@ -34,12 +34,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_ranks(tmp_path, mode, kind, threshold, *extra):
+def run_ranks(tmp_path, mode, kind, threshold, *options):
+    """Every rank's decisions, rank 0's gathered outputs, every rank's cached-residual shapes."""
     out = tmp_path / f"{mode}-{kind}"
     out.mkdir()
     subprocess.run([sys.executable, os.path.join(HERE, "dist_worker.py"), mode, kind, str(threshold), str(out),
-                    str(_free_port()), *extra], check=True, timeout=150)  # a hang fails fast
-    """Every rank's decisions, rank 0's gathered outputs, every rank's cached-residual shapes."""
+                    str(_free_port()), *options], check=True, timeout=150)  # a hang fails fast
     return (json.loads((out / "cached.json").read_text()), torch.load(out / "out.pt"),
             json.loads((out / "residual_shapes.json").read_text()))
 
@@ -81,7 +81,7 @@ DIFFUSERS_THRESHOLD = 0.12
 def test_diffusers_parallel_model_takes_the_single_process_decisions(tmp_path, model, kind, backend, algo):
     """Same skipped middles (DBCache, TaylorSeer) or blocks (DBPrune) on both ranks as in one
     process, and the same output: the forecasts stay consistent across shards too."""
-    from dist_worker import STEPS, algorithm, decisions
+    from dist_worker import STEPS, algorithm, decisions, residual_shapes
     from dit_cachepass.testing.zoo import ZOO
 
     e = ZOO[model]
@@ -92,16 +92,16 @@ def test_diffusers_parallel_model_takes_the_single_process_decisions(tmp_path, m
     ref_decisions = decisions(ref)
     skipped = sum(bool(s) for loop in ref_decisions for _, s in loop)
     assert 0 < skipped < STEPS - 1, ref_decisions
-    got, out, residual_shapes = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD, backend, algo, model)
+    got, out, rank_shapes = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD,
+                                      "--backend", backend, "--algo", algo, "--model", model)
     assert got[0] == got[1] == ref_decisions
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     # cached residuals are laid out like the activations they replace: a sequence shard per rank
     # under context parallelism, the whole (replicated) activation under tensor parallelism
-    full = {tuple(r.shape) for st in ref._dit_cachepass.states.values() for b in st.buffers.values()
-            for r in b.residuals}
+    full = residual_shapes(ref)
     shard = {(b, n // 2, c) for b, n, c in full}
-    for rank_shapes in residual_shapes:
-        assert {tuple(x) for x in rank_shapes} == (shard if kind == "ulysses" else full)
+    for shapes in rank_shapes:
+        assert {tuple(x) for x in shapes} == (shard if kind == "ulysses" else full)
 
 
 def test_parallelism_config_without_distributed_is_a_clear_error():
