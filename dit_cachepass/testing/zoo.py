@@ -522,3 +522,8 @@ def first_block_residual_diffs(entry: ZooEntry, num_steps: int = 10, noise_scale
         handle.remove()
     return [((residuals[s] - residuals[s - 1]).abs().mean() / residuals[s - 1].abs().mean()).item()
             for s in range(1, len(residuals))]
+
+
+# ----------------------------------------------------------------------------- coverage matrix
+# one entry per remaining diffusers transformer class with a block ModuleList (coverage_only)
+from . import zoo_image_a, zoo_image_b, zoo_video_a, zoo_video_b  # noqa: E402,F401
