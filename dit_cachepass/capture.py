@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
+
+from .regions import RegionError, StateRegions, find_regions
 
 _DICT_MODULES = re.compile(r"\.__dict__\['_modules'\]\['([^']+)'\]")
 _ITEM = re.compile(r"\['([^']+)'\]|\[(\d+)\]")
@@ -26,7 +28,6 @@ _ROOT = re.compile(r"^(L\['self'\]|L\['fn'\](\.args\[0\])?|self|L\['\w+'\](\.\w+
 # Where diffusers' ModelHooks live: ops they run around a block's forward (context-parallel
 # sharding of the block's inputs) are glue between blocks, not part of the block.
 _HOOK_FILE = re.compile(r'File "[^"]*[/\\]diffusers[/\\]hooks[/\\][^"]*"')
-_GLOBAL_STATE_TARGETS = ("_enter_autocast", "_exit_autocast", "_set_grad_enabled", "set_grad_enabled")
 
 
 def normalize_module_path(raw: str) -> str:
@@ -62,7 +63,8 @@ class CapturedGraph:
     top_level: dict[str, bool]  # list path -> called directly from the root forward
     params: set[fx.Node]  # placeholders that are parameters or buffers
     order: dict[fx.Node, int]  # position of each node in the graph
-    global_state_nodes: list[fx.Node] = field(default_factory=list)
+    regions: StateRegions = field(default_factory=StateRegions)  # autocast / grad / vmap state per op
+    region_error: Optional[str] = None  # why the regions cannot be re-entered per piece, if so
 
     @property
     def nodes(self) -> list[fx.Node]:
@@ -87,17 +89,18 @@ def capture(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> CapturedGraph:
     top_level: dict[str, bool] = {}
     params: set[fx.Node] = set()
     order: dict[fx.Node, int] = {}
-    global_state: list[fx.Node] = []
+    region_error = None
+    try:
+        regions = find_regions(gm.graph)
+    except RegionError as err:
+        regions, region_error = StateRegions(), str(err)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, ex in zip(placeholders, example_inputs):
         if _is_param(node, ex):
             params.add(node)
     for pos, node in enumerate(gm.graph.nodes):
         order[node] = pos
-        if node.op in ("call_function", "call_method") and any(
-                getattr(node.target, "__name__", str(node.target)).endswith(t) for t in _GLOBAL_STATE_TARGETS):
-            global_state.append(node)
-        if node.op not in ("call_function", "call_method", "call_module"):
+        if node.op not in ("call_function", "call_method", "call_module") or node in regions.markers:
             continue
         stack = node.meta.get("nn_module_stack") or {}
         for depth, (raw, cls) in enumerate(stack.values()):
@@ -111,4 +114,4 @@ def capture(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> CapturedGraph:
             block_class.setdefault(ref.list_path, cls)
             top_level[ref.list_path] = top_level.get(ref.list_path, True) and depth == 0
             break
-    return CapturedGraph(gm, example_inputs, block_of, block_class, top_level, params, order, global_state)
+    return CapturedGraph(gm, example_inputs, block_of, block_class, top_level, params, order, regions, region_error)

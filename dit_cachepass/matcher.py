@@ -316,11 +316,9 @@ def match(cap: CapturedGraph, layout: str = "auto",
     unchanged (FLUX.1's double -> single blocks, as cache-dit does) and keeps the rest apart.
     """
     result = MatchResult(loops=[])
-    if cap.global_state_nodes:
-        result.reasons.append(
-            "the graph changes global state (autocast / grad mode: "
-            f"{', '.join(str(n.target) for n in cap.global_state_nodes[:3])}); splitting it across "
-            "cached pieces is unsafe, so the model runs uncached")
+    if cap.region_error is not None:
+        result.reasons.append(f"autocast / grad-mode / vmap regions in the graph cannot be re-entered per cached "
+                              f"piece ({cap.region_error}), so the model runs uncached")
         return result
     loops: list[BlockLoop] = []
     for blocks in _select_main(_candidate_lists(cap, result, list_lengths), cap, result):

@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from .capture import CapturedGraph
 from .plan import CachePlan
+from .regions import Reenter, check_not_split
 
 _ROLE_RANK = {"Fn": 1, "middle": 2, "Bn": 3}
 Seg = tuple[int, int, int]  # (loop, role rank: 0 glue before / 1 Fn / 2 middle / 3 Bn, block for DBPrune)
@@ -81,8 +82,8 @@ def _segments(cap: CapturedGraph, cplan: CachePlan) -> dict[fx.Node, Seg]:
         ends.append(cap.order[lp.loop.blocks[-1].last])
     seg: dict[fx.Node, Seg] = {}
     for node in cap.gm.graph.nodes:
-        if node.op in ("placeholder", "output"):
-            continue
+        if node.op in ("placeholder", "output") or node in cap.regions.markers:
+            continue  # state markers belong to no piece: each piece re-enters what it needs
         floor = max(((k, 3, 0) for k, end in enumerate(ends) if cap.order[node] > end), default=(0, 0, 0))
         own = own_seg.get(node, floor)
         seg[node] = max([own] + [seg[a] for a in node.all_input_nodes if a in seg])
@@ -96,6 +97,7 @@ def _kind(s: Seg) -> str:
 def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
     gm = cap.gm
     seg = _segments(cap, cplan)
+    check_not_split(cap.regions, seg)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     slot: dict[fx.Node, int] = {n: i for i, n in enumerate(placeholders)}
     next_slot = len(placeholders)
@@ -110,14 +112,18 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
         g = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
         inputs: list[int] = []
-        for node in members:
+        for node in members:  # placeholders first: the state markers below are ops
             for a in node.all_input_nodes:
-                if a not in inside and a not in env:
+                if a not in inside and a not in env and a not in cap.regions.markers:
                     ph = g.placeholder(a.name)
                     ph.meta = dict(a.meta)
                     env[a] = ph
                     inputs.append(slot[a])
-            env[node] = g.node_copy(node, lambda a: env[a])
+        state = Reenter(g)
+        for node in members:
+            state.to(cap.regions.of(node))
+            env[node] = g.node_copy(node, lambda a: env[a] if a in env else state.local(a))
+        state.close()
         exported = [n for n in members if any(u not in inside for u in n.users)]
         g.output(tuple(env[n] for n in exported))
         outputs = []
