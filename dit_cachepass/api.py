@@ -9,11 +9,11 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .backend import analyse, build, _SESSIONS
+from .backend import StageError, analyse, build, _SESSIONS
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .matcher import NO_BLOCK_LIST
 from .parallel import decision_group, enable_parallelism
-from .session import Session
+from .session import GraphReport, Session, UnsupportedModelError
 from .stats import Summary
 
 _ATTR = "_dit_cachepass"
@@ -83,7 +83,13 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
 
     @functools.wraps(compiled)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        out = compiled(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # strict=True: raise ours, not dynamo's wrapper
+            inner = getattr(e, "inner_exception", None) or e.__cause__
+            if isinstance(inner, UnsupportedModelError):
+                raise inner from None
+            raise
         session.after_forward()
         return out
 
@@ -247,7 +253,10 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
     reports = []
 
     def backend(gm, ex):
-        reports.append(analyse(gm, ex, session)[2])
+        try:
+            reports.append(analyse(gm, ex, session)[2])
+        except StageError as err:
+            reports.append(GraphReport(len(gm.graph.nodes), [], [f"{err}: the model would run uncached"], [], []))
         return gm.forward
 
     prior = existing.previous_forward if existing is not None else module.__dict__.get("forward")

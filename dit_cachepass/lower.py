@@ -61,13 +61,14 @@ def has_symbolic_inputs(gm: fx.GraphModule) -> bool:
     return False
 
 
-def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool) -> Callable:
+def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool,
+                  on_fail: Optional[Callable[[Exception], None]] = None) -> Callable:
     """Statically captured pieces are compiled lazily per shape (``LazyCompiled``); pieces of a
     graph captured with dynamic shapes are re-traced by dynamo, which specializes and guards
     each shape itself (their fake metadata belongs to the parent capture's ShapeEnv)."""
     if symbolic and backend != "eager":
         return torch.compile(_without_fake_meta(gm), backend=backend, dynamic=False)
-    return LazyCompiled(gm, backend)
+    return LazyCompiled(gm, backend, on_fail)
 
 
 class LazyCompiled:
@@ -75,10 +76,10 @@ class LazyCompiled:
     dynamic shapes serves several shapes; a statically compiled piece serves one).
     ``__call__(*args)`` returns the piece's output tuple."""
 
-    __slots__ = ("gm", "backend", "fns", "last")
+    __slots__ = ("gm", "backend", "fns", "last", "on_fail")
 
-    def __init__(self, gm: fx.GraphModule, backend: str):
-        self.gm, self.backend = gm, backend
+    def __init__(self, gm: fx.GraphModule, backend: str, on_fail: Optional[Callable[[Exception], None]] = None):
+        self.gm, self.backend, self.on_fail = gm, backend, on_fail
         self.fns: dict[tuple, Callable] = {}
         self.last: Optional[tuple[tuple, Callable]] = None
 
@@ -89,6 +90,17 @@ class LazyCompiled:
         if self.last is None or self.last[0] != sig:  # the common case: same shapes as last call
             fn = self.fns.get(sig)
             if fn is None:
-                fn = self.fns[sig] = compile_graph(_without_fake_meta(self.gm), args, self.backend)
+                fn = self.fns[sig] = self._compile(args)
             self.last = (sig, fn)
         return self.last[1](*args)
+
+    def _compile(self, args: Sequence[Any]) -> Callable:
+        """A backend that cannot compile a piece leaves that piece uncompiled (eager), with a
+        warning through ``on_fail`` (which raises in strict mode); the cache still works."""
+        try:
+            return compile_graph(_without_fake_meta(self.gm), args, self.backend)
+        except Exception as err:  # noqa: BLE001
+            if self.on_fail is None:
+                raise
+            self.on_fail(err)
+            return self.gm.forward

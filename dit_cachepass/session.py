@@ -52,6 +52,13 @@ class Session:
         if calibrator_config is not None and not isinstance(calibrator_config, CalibratorConfig):
             raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig or FoCaCalibratorConfig, got "
                             f"{type(calibrator_config).__name__}")
+        if not isinstance(strict, bool):
+            hint = "; pass True or False, not a string" if isinstance(strict, str) else ""
+            raise TypeError(f"strict={strict!r} is invalid: expected a bool, got {type(strict).__name__}{hint}")
+        # checked again here, not only at construction: fields may have been assigned since
+        self.config.validate()
+        if calibrator_config is not None:
+            calibrator_config.validate()
         if calibrator_config is not None and self.config.cache_type == "DBPrune":
             raise ValueError("calibrator_config with DBPruneConfig is not supported yet: use DBCacheConfig "
                              "for TaylorSeer, or drop the calibrator.")
@@ -63,6 +70,8 @@ class Session:
         for k, pm in enumerate(per_loop):
             if not isinstance(pm, ParamsModifier):
                 raise TypeError(f"params_modifiers[{k}] must be a ParamsModifier, got {type(pm).__name__}")
+        for pm in [params_modifiers] if isinstance(params_modifiers, ParamsModifier) else per_loop:
+            pm.validate()
         self.process_group = process_group  # ranks whose decisions must agree (sharded activations)
         self.backend = check_backend(backend)
         self.strict = strict

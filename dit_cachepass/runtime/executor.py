@@ -59,7 +59,7 @@ class Runner:
     def __init__(self, prog: SplitProgram, session: "Session", loops: list["LoopPlan"], backend: str,
                  symbolic: bool = False):
         self.prog, self.session = prog, session
-        self.fns = [compile_piece(p.gm, backend, symbolic) for p in prog.pieces]
+        self.fns = [compile_piece(p.gm, backend, symbolic, self._lower_failed) for p in prog.pieces]
         self.loops = loops
         self.loop_names = loop_names = [lp.name for lp in loops]
         self.arg_specs: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
@@ -73,6 +73,11 @@ class Runner:
                     "residual can rebuild them; reusing them would apply a stale tensor")
                 session.warn(f"loop {loop_names[piece.loop]} always computes: {self.never_cache[piece.loop]}")
         self.timestep_slot = next((i for i, n in enumerate(prog.arg_names) if _TIMESTEP.match(n)), None)
+
+    def _lower_failed(self, err: Exception) -> None:
+        from ..backend import StageError
+
+        self.session.stage_failed(StageError("lower", err), "that piece runs uncompiled (eager)")
 
     def __call__(self, *args: Any) -> Any:
         prog = self.prog
