@@ -1,36 +1,99 @@
 """User-facing configs. Field names and defaults follow cache-dit 1.5.3 so configs port
-over unchanged; every config validates itself on construction and names the bad field."""
+over unchanged; every config validates itself on construction (and again in ``validate()``,
+which ``dit_cachepass.compile`` calls, so fields changed after construction are checked too)
+and names the bad field."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
+from collections.abc import Sequence as _Seq
 from typing import Any, Literal, Optional, Sequence
+
+import torch
+
+
+class ConfigTypeError(TypeError, ValueError):
+    """A config field of the wrong type. A ``TypeError``; also a ``ValueError``, so code that
+    caught the ``ValueError`` raised for every bad field before type checks existed still works."""
 
 
 def _fail(cls: str, name: str, value: Any, expected: str) -> None:
     raise ValueError(f"{cls}.{name}={value!r} is invalid: expected {expected}.")
 
 
-def _check_int(cls: str, name: str, value: Any, lo: int, hi: Optional[int] = None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
-    if ok and hi is not None:
-        ok = value <= hi
-    if not ok:
-        rng = f"an int >= {lo}" if hi is None else f"an int in [{lo}, {hi}]"
+def _type_fail(cls: str, name: str, value: Any, expected: str, hint: str = "") -> None:
+    t = type(value)
+    got = f"got {t.__name__}" if t.__module__ == "builtins" else f"got {t.__module__}.{t.__qualname__}"
+    raise ConfigTypeError(f"{cls}.{name}={value!r} is invalid: expected {expected}, {got}"
+                          + (f"; {hint}" if hint else "") + ".")
+
+
+def _check_bool(cls: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if isinstance(value, bool) or (value is None and allow_none):
+        return
+    expected = "True, False or None" if allow_none else "a bool (True or False)"
+    hint = "pass True or False, not a string" if isinstance(value, str) else "pass True or False"
+    _type_fail(cls, name, value, expected, hint)
+
+
+def _check_str(cls: str, name: str, value: Any, choices: Sequence[str], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    listed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}" if len(choices) > 1 \
+        else repr(choices[0]) if choices else "a string"
+    if not isinstance(value, str):
+        _type_fail(cls, name, value, listed + (" (or None)" if allow_none else ""))
+    if choices and value not in choices:
+        _fail(cls, name, value, listed)
+
+
+def _number_type_fail(cls: str, name: str, value: Any, expected: str, convert: str) -> None:
+    if isinstance(value, bool):
+        _type_fail(cls, name, value, expected, "a bool is not a number here")
+    if isinstance(value, torch.Tensor):
+        _type_fail(cls, name, value, expected, f"pass a Python number, e.g. {convert}(t) or t.item()")
+    if isinstance(value, str):
+        _type_fail(cls, name, value, expected, f"pass a number, e.g. {convert}({value!r}), not a string")
+    _type_fail(cls, name, value, expected)
+
+
+def _check_int(cls: str, name: str, value: Any, lo: int, hi: Optional[int] = None,
+               allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    rng = f"an int >= {lo}" if hi is None else f"an int in [{lo}, {hi}]"
+    if allow_none:
+        rng += " (or None)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        _number_type_fail(cls, name, value, rng, "int")
+    if value < lo or (hi is not None and value > hi):
         _fail(cls, name, value, rng)
 
 
 def _check_float(cls: str, name: str, value: Any, lo: float, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    try:
-        v = float(value)  # accepts 0-d tensors like cache-dit does
-    except (TypeError, ValueError):
-        _fail(cls, name, value, f"a float >= {lo}")
+    expected = f"a finite float >= {lo}" + (" (or None)" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        _number_type_fail(cls, name, value, expected, "float")
+    v = float(value)
     if math.isnan(v) or v < lo or math.isinf(v):
-        _fail(cls, name, value, f"a finite float >= {lo}")
+        _fail(cls, name, value, expected)
+
+
+def _check_int_list(cls: str, name: str, value: Any, expected: str) -> list:
+    """A list/tuple of ints (not bools, strings or tensors); returns it as a list."""
+    if isinstance(value, torch.Tensor):
+        _type_fail(cls, name, value, expected, "pass a list of ints, e.g. t.tolist()")
+    if isinstance(value, (str, bytes)) or not isinstance(value, _Seq):
+        _type_fail(cls, name, value, expected)
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            _type_fail(cls, name, value, expected, f"entry {v!r} is a {type(v).__name__}, not an int")
+    return [int(v) for v in value]
 
 
 @dataclass
@@ -71,6 +134,12 @@ class DBCacheConfig:
     cache_type: str = field(default="DBCache", init=False)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (type and range); raises ``TypeError`` / ``ValueError`` naming it.
+        Runs on construction and again when the config is compiled, so fields assigned after
+        construction are checked too."""
         name = type(self).__name__
         _check_int(name, "Fn_compute_blocks", self.Fn_compute_blocks, 1)
         _check_int(name, "Bn_compute_blocks", self.Bn_compute_blocks, 0)
@@ -81,18 +150,19 @@ class DBCacheConfig:
         _check_int(name, "warmup_interval", self.warmup_interval, 1)
         _check_int(name, "max_cached_steps", self.max_cached_steps, -1)
         _check_int(name, "max_continuous_cached_steps", self.max_continuous_cached_steps, -1)
-        if self.num_inference_steps is not None:
-            _check_int(name, "num_inference_steps", self.num_inference_steps, 1)
+        _check_bool(name, "enable_separate_cfg", self.enable_separate_cfg, allow_none=True)
+        _check_bool(name, "cfg_compute_first", self.cfg_compute_first)
+        _check_bool(name, "cfg_diff_compute_separate", self.cfg_diff_compute_separate)
+        _check_int(name, "num_inference_steps", self.num_inference_steps, 1, allow_none=True)
         if self.steps_computation_mask is not None:
-            mask = list(self.steps_computation_mask)
+            expected = "a non-empty list of 0/1 values (1 = compute)"
+            mask = _check_int_list(name, "steps_computation_mask", self.steps_computation_mask, expected)
             if not mask or any(v not in (0, 1) for v in mask):
-                _fail(name, "steps_computation_mask", self.steps_computation_mask,
-                      "a non-empty list of 0/1 values (1 = compute)")
+                _fail(name, "steps_computation_mask", self.steps_computation_mask, expected)
             self.steps_computation_mask = mask
-        if self.steps_computation_policy not in ("dynamic", "static"):
-            _fail(name, "steps_computation_policy", self.steps_computation_policy, "'dynamic' or 'static'")
-        if self.loop_layout not in ("auto", "per_list", "chain"):
-            _fail(name, "loop_layout", self.loop_layout, "'auto', 'per_list' or 'chain'")
+        _check_str(name, "steps_computation_policy", self.steps_computation_policy, ("dynamic", "static"))
+        _check_str(name, "loop_layout", self.loop_layout, ("auto", "per_list", "chain"))
+        _check_bool(name, "detect_new_generation", self.detect_new_generation)
         if not self.cfg_diff_compute_separate and self.cfg_compute_first:
             _fail(name, "cfg_compute_first", True,
                   "False when cfg_diff_compute_separate=False (the CFG branch reuses the cond branch's diff, "
@@ -140,14 +210,19 @@ class DBPruneConfig(DBCacheConfig):
     non_prune_block_ids: Sequence[int] = ()
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.cache_type = "DBPrune"
+        super().__post_init__()
+
+    def validate(self) -> None:
+        super().validate()
         name = type(self).__name__
+        _check_bool(name, "enable_dynamic_prune_threshold", self.enable_dynamic_prune_threshold)
         _check_float(name, "max_dynamic_prune_threshold", self.max_dynamic_prune_threshold, 0.0, allow_none=True)
         _check_float(name, "dynamic_prune_threshold_relax_ratio", self.dynamic_prune_threshold_relax_ratio, 0.0)
-        ids = list(self.non_prune_block_ids)
-        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids):
-            _fail(name, "non_prune_block_ids", self.non_prune_block_ids, "a list of block indices >= 0")
+        expected = "a list of block indices >= 0"
+        ids = _check_int_list(name, "non_prune_block_ids", self.non_prune_block_ids, expected)
+        if any(i < 0 for i in ids):
+            _fail(name, "non_prune_block_ids", self.non_prune_block_ids, expected)
         self.non_prune_block_ids = ids
 
     def prune_threshold(self, step_diffs: Sequence[float]) -> float:
@@ -182,9 +257,14 @@ class CalibratorConfig:
     calibrator_type: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
-        if self.calibrator_cache_type not in ("residual", "hidden_states"):
-            _fail(type(self).__name__, "calibrator_cache_type", self.calibrator_cache_type,
-                  "'residual' or 'hidden_states'")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (type and range); raises ``TypeError`` / ``ValueError`` naming it."""
+        name = type(self).__name__
+        _check_bool(name, "enable_calibrator", self.enable_calibrator)
+        _check_bool(name, "enable_encoder_calibrator", self.enable_encoder_calibrator)
+        _check_str(name, "calibrator_cache_type", self.calibrator_cache_type, ("residual", "hidden_states"))
 
 
 @dataclass
@@ -194,8 +274,11 @@ class TaylorSeerCalibratorConfig(CalibratorConfig):
     taylorseer_order: int = 1
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.calibrator_type = "taylorseer"
+        super().__post_init__()
+
+    def validate(self) -> None:
+        super().validate()
         _check_int(type(self).__name__, "taylorseer_order", self.taylorseer_order, 0, 8)
 
     def strify(self) -> str:
@@ -208,8 +291,8 @@ class FoCaCalibratorConfig(CalibratorConfig):
     using the anchor slope and the local slope (which includes earlier forecasts); no parameters."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.calibrator_type = "foca"
+        super().__post_init__()
 
     def strify(self) -> str:
         return "FoCa"
@@ -232,13 +315,33 @@ class ParamsModifier:
 
     def __init__(self, cache_config: Optional[DBCacheConfig] = None,
                  calibrator_config: Optional[CalibratorConfig] = None, **overrides: Any):
+        self.cache_config, self.calibrator_config, self.overrides = cache_config, calibrator_config, overrides
+        self.validate()  # validate the overrides now, not at the first forward
+
+    def validate(self) -> None:
+        """Check the configs it holds and every override (run through ``DBCacheConfig``'s own
+        checks); raises ``TypeError`` / ``ValueError`` naming the field."""
+        if self.cache_config is not None and not isinstance(self.cache_config, DBCacheConfig):
+            _type_fail("ParamsModifier", "cache_config", self.cache_config, "a DBCacheConfig or DBPruneConfig (or None)")
+        if self.calibrator_config is not None and not isinstance(self.calibrator_config, CalibratorConfig):
+            _type_fail("ParamsModifier", "calibrator_config", self.calibrator_config,
+                       "a TaylorSeerCalibratorConfig or FoCaCalibratorConfig (or None)")
+        if not isinstance(self.overrides, dict):
+            _type_fail("ParamsModifier", "overrides", self.overrides, "a dict of DBCacheConfig fields")
         known = {f.name for f in dataclasses.fields(DBCacheConfig) if f.init}
-        unknown = sorted(set(overrides) - known)
+        unknown = sorted(set(self.overrides) - known)
         if unknown:
             raise ValueError(f"ParamsModifier got unknown DBCacheConfig field(s) {unknown}; "
                              f"valid fields: {sorted(known)}")
-        self.cache_config, self.calibrator_config, self.overrides = cache_config, calibrator_config, overrides
-        self.apply(DBCacheConfig())  # validate the overrides now, not at the first forward
+        if self.cache_config is not None:
+            self.cache_config.validate()
+        if self.calibrator_config is not None:
+            self.calibrator_config.validate()
+        try:
+            self.apply(DBCacheConfig())
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"ParamsModifier({', '.join(f'{k}={v!r}' for k, v in self.overrides.items())}): {e}") \
+                from None
 
     def apply(self, base: DBCacheConfig) -> DBCacheConfig:
         return dataclasses.replace(self.cache_config or base, **self.overrides)
@@ -266,10 +369,17 @@ class ParallelismConfig:
     ulysses_anything: bool = False
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (type and range); raises ``TypeError`` / ``ValueError`` naming it."""
         name = type(self).__name__
         for f in ("ulysses_size", "ring_size", "tp_size"):
-            if getattr(self, f) is not None:
-                _check_int(name, f, getattr(self, f), 1)
+            _check_int(name, f, getattr(self, f), 1, allow_none=True)
+        _check_str(name, "attention_backend", self.attention_backend, (), allow_none=True)
+        if self.cp_plan is not None and not isinstance(self.cp_plan, dict):
+            _type_fail(name, "cp_plan", self.cp_plan, "a dict (diffusers' _cp_plan format) or None")
+        _check_bool(name, "ulysses_anything", self.ulysses_anything)
         if self.context_parallel and self.tensor_parallel:
             raise ValueError(f"{name}: context parallelism (ulysses_size/ring_size) and tensor parallelism "
                              "(tp_size) cannot be combined in one diffusers 0.42 model (it builds one mesh); "

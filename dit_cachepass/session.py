@@ -204,6 +204,15 @@ class Session:
         elif not any(g.loops for g in self.graphs):
             self._uncached(list(dict.fromkeys(r for g in self.graphs for r in g.reasons + g.skipped)))
 
+    def stage_failed(self, err: Exception, consequence: str = "this graph runs uncached") -> None:
+        """A stage of the pass raised. The error is the pass's, not the model's, so the
+        generation goes on without what failed; ``strict=True`` raises instead."""
+        if self.strict:
+            raise UnsupportedModelError(f"dit_cachepass: {err} (strict=True)") from err
+        log.debug("dit_cachepass stage failure", exc_info=err)
+        warnings.warn(f"dit_cachepass: {err}; {consequence}. Please report it with the model class.",
+                      stacklevel=4)
+
     def warn(self, msg: str) -> None:
         if self.strict:
             raise UnsupportedModelError(f"dit_cachepass: {msg} (strict=True)")
