@@ -137,8 +137,8 @@ def _candidate_lists(cap: CapturedGraph, result: MatchResult,
         idxs = sorted(per_idx)
         blocks = [Block(BlockRef(path, i), per_idx[i], _signature(per_idx[i])) for i in idxs]
         expected = (list_lengths or {}).get(path)
-        if len(blocks) < 2:
-            continue
+        if len(blocks) < 2 and (idxs != [0] or expected not in (None, 1)):
+            continue  # a one-block list is a candidate only as a link of a chain (FLUX 1 double + 1 single)
         if idxs != list(range(len(idxs))) or (expected is not None and len(idxs) != expected):
             result.reasons.append(
                 f"{path}: only blocks {idxs} appear in this graph (list has {expected or '?'}); "
@@ -158,12 +158,17 @@ def _select_main(cands: list[list[Block]], cap: CapturedGraph, result: MatchResu
     largest = max(size.values())
     span = {id(c): (cap.order[c[0].first], cap.order[c[-1].last]) for c in cands}
     main = []
+
+    def chained(c: list[Block]) -> bool:  # a short list chained to another one is part of the main loop
+        return any(_direct(m, c, cap) if span[id(m)][1] < span[id(c)][0] else _direct(c, m, cap)
+                   for m in cands if m is not c and cap.top_level.get(m[0].ref.list_path, False))
+
     for c in sorted(cands, key=lambda c: -size[id(c)]):
         path = c[0].ref.list_path
         if not cap.top_level.get(path, False):
             if cap.block_class[path].__name__.endswith(("Block", "Layer")):  # refiners, not ff.net
                 result.notes.append(f"{path}: nested inside another module; treated as glue, not cached")
-        elif size[id(c)] < MIN_LIST_SHARE * largest:
+        elif size[id(c)] < MIN_LIST_SHARE * largest and not chained(c):
             result.notes.append(f"{path}: small auxiliary list ({size[id(c)]} ops vs {largest}); not cached")
         elif any(span[id(m)][0] < span[id(c)][1] and span[id(c)][0] < span[id(m)][1] for m in main):
             result.notes.append(f"{path}: called between the blocks of a larger list; part of its middle")
@@ -172,85 +177,147 @@ def _select_main(cands: list[list[Block]], cap: CapturedGraph, result: MatchResu
     return sorted(main, key=lambda c: span[id(c)][0])
 
 
-def _runs(blocks: list[Block]) -> list[tuple[int, int]]:
-    """Maximal [start, end) ranges of structurally identical consecutive blocks."""
-    runs, start = [], 0
-    for i in range(1, len(blocks) + 1):
-        if i == len(blocks) or blocks[i].signature != blocks[start].signature:
-            runs.append((start, i))
-            start = i
-    return runs
+def _edges(nxt_inputs: dict[Slot, fx.Node], block: Block, origins: _Origins) -> dict[Slot, fx.Node]:
+    """Input slots of the next block that derive (directly or through glue) from exactly one
+    node of ``block``: the values flowing from one block to the next."""
+    edges = {}
+    for slot, v in nxt_inputs.items():
+        src = origins.of(v, block)
+        if len(src) == 1:
+            edges[slot] = next(iter(src))
+    return edges
+
+
+def _layout(n: fx.Node) -> Optional[tuple]:
+    v = n.meta.get("example_value")
+    return (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
+
+
+def _distances(out: fx.Node, block: Block, cap: CapturedGraph) -> dict[fx.Node, int]:
+    """Op count from each external input of ``block`` to ``out`` (shortest, backwards)."""
+    inside = set(block.nodes)
+    dist, frontier = {out: 0}, [out]
+    found: dict[fx.Node, int] = {}
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for a in v.all_input_nodes:
+                if a in dist or a in cap.params:
+                    continue
+                dist[a] = dist[v] + 1
+                if a in inside:
+                    nxt.append(a)
+                else:
+                    found[a] = dist[a]
+        frontier = nxt
+    return found
+
+
+def _pair_outputs(block: Block, inputs: list[Optional[fx.Node]], candidates: list[fx.Node],
+                  cap: CapturedGraph) -> list[Optional[fx.Node]]:
+    """Which candidate output continues each stream entering ``block``: the one of the same
+    shape and dtype closest (fewest ops) to the stream's input, as a residual connection is.
+    Two streams of equal shape are told apart by that distance, never by name."""
+    pairs = []
+    for out in candidates:
+        d = _distances(out, block, cap)
+        for k, v in enumerate(inputs):
+            if v is not None and v in d and _layout(v) is not None and _layout(v) == _layout(out):
+                pairs.append((d[v], k, out))
+    result: list[Optional[fx.Node]] = [None] * len(inputs)
+    taken = set()
+    for _, k, out in sorted(pairs, key=lambda p: (p[0], p[1])):
+        if result[k] is None and out not in taken:
+            result[k] = out
+            taken.add(out)
+    return result
+
+
+def _nearest_input(block: Block, out: fx.Node, ext: dict[Slot, fx.Node], cap: CapturedGraph,
+                   exclude: set[fx.Node]) -> Optional[fx.Node]:
+    d = _distances(out, block, cap)
+    cands = [(d[v], k) for k, v in enumerate(ext.values())
+             if v in d and v not in exclude and _layout(v) is not None and _layout(v) == _layout(out)]
+    return list(ext.values())[min(cands)[1]] if cands else None
 
 
 def _trace_threads(blocks: list[Block], cap: CapturedGraph, result: MatchResult, name: str
                    ) -> Optional[list[Thread]]:
-    loop_nodes = {n for b in blocks for n in b.nodes}
+    """Follow every stream from block to block by data flow. Where two neighbouring blocks
+    are structurally identical, "the same stream" is the same input slot and output position
+    (a shortcut that also keeps equal-shaped streams apart); elsewhere (heterogeneous lists,
+    FLUX double -> single, a last block whose dead outputs were removed) a block's output
+    continues the stream whose input it is closest to."""
+    n = len(blocks)
+    loop_nodes = {x for b in blocks for x in b.nodes}
     origins = _Origins(cap, loop_nodes)
     ext = [_external_inputs(b, cap) for b in blocks]
-    pos = [{n: q for q, n in enumerate(b.nodes)} for b in blocks]
-    run_of = {}
-    run_map: dict[int, dict[Slot, int]] = {}  # run start -> slot -> output local index
-    for start, end in _runs(blocks):
-        for i in range(start, end):
-            run_of[i] = start
-        if end - start >= 2:
-            mapping = {}
-            for slot, v in ext[start + 1].items():
-                src = origins.of(v, blocks[start])
-                if len(src) == 1:
-                    mapping[slot] = pos[start][next(iter(src))]
-            run_map[start] = mapping
-    if 0 not in run_map or not run_map[0]:
+    pos = [{x: q for q, x in enumerate(b.nodes)} for b in blocks]
+    edges = [_edges(ext[i + 1], blocks[i], origins) for i in range(n - 1)]
+    if n < 2 or not edges[0]:
         result.reasons.append(f"{name}: no value flows from block 0 to block 1 (not a chain)")
         return None
-    threads = []
-    for slot0 in sorted(run_map[0]):
-        t = Thread(inputs=[None] * len(blocks), outputs=[None] * len(blocks))
-        slot: Optional[Slot] = slot0
-        for i, b in enumerate(blocks):
-            if slot is None:
-                break
-            t.inputs[i] = ext[i].get(slot)
-            out_q = run_map.get(run_of[i], {}).get(slot)
-            if out_q is not None:
-                t.outputs[i] = b.nodes[out_q]
-            if i + 1 == len(blocks):
-                break
-            if run_of[i + 1] == run_of[i]:
-                continue
-            # structure changes: follow the data into the next block
-            src = t.outputs[i]
-            nxt = [s for s, v in ext[i + 1].items() if src is not None and origins.of(v, b) == {src}]
-            if len(nxt) != 1:
-                result.notes.append(f"{name}: stream {len(threads)} ends at block {b.ref}")
-                slot = None
-            else:
-                slot = nxt[0]
+
+    def same(i: int, j: int) -> bool:
+        return 0 <= i < n and 0 <= j < n and blocks[i].signature == blocks[j].signature
+
+    def next_slot(i: int, out: fx.Node, prev_slot: Optional[Slot]) -> Optional[Slot]:
+        """The input slot of block i+1 that ``out`` (of block i) flows into."""
+        slots = [s for s, src in edges[i].items() if src is out]
+        direct = [s for s in slots if ext[i + 1][s] is out]
+        if len(slots) == 1 or len(direct) == 1:
+            return slots[0] if len(slots) == 1 else direct[0]
+        if prev_slot in slots and same(i, i + 1):
+            return prev_slot
+        return None
+
+    threads: list[Thread] = []
+    slots_now: list[Optional[Slot]] = []
+    for slot, out in sorted(edges[0].items()):
+        if any(t.outputs[0] is out for t in threads):
+            continue  # the same stream also feeds another slot (a norm of it, say)
+        t = Thread(inputs=[None] * n, outputs=[None] * n)
+        t.outputs[0] = out
         threads.append(t)
-    _fill_last_outputs(blocks, threads, cap)
+        slots_now.append(next_slot(0, out, None))
+    # block 0's input of each stream
+    taken: set[fx.Node] = set()
+    for t, slot in zip(threads, slots_now):
+        if same(0, 1) and slot is not None:
+            t.inputs[0] = ext[0].get(slot)
+        else:
+            t.inputs[0] = _nearest_input(blocks[0], t.outputs[0], ext[0], cap, taken)
+        if t.inputs[0] is not None:
+            taken.add(t.inputs[0])
+    for i in range(1, n):
+        for k, t in enumerate(threads):
+            slot = slots_now[k]
+            t.inputs[i] = ext[i].get(slot) if slot is not None and t.outputs[i - 1] is not None else None
+        if i < n - 1:
+            candidates = list(dict.fromkeys(edges[i].values()))
+        else:
+            inside = set(blocks[i].nodes)
+            candidates = [x for x in blocks[i].nodes if any(u not in inside for u in x.users)]
+        outs: list[Optional[fx.Node]] = [None] * len(threads)
+        if same(i - 1, i):  # structural shortcut: the same position as in the previous block
+            for k, t in enumerate(threads):
+                prev = t.outputs[i - 1]
+                if prev is not None and t.inputs[i] is not None:
+                    cand = blocks[i].nodes[pos[i - 1][prev]]
+                    outs[k] = cand if cand in candidates else None
+        rest = [k for k in range(len(threads)) if outs[k] is None]
+        if rest:
+            free = [c for c in candidates if c not in outs]
+            paired = _pair_outputs(blocks[i], [threads[k].inputs[i] for k in rest], free, cap)
+            for k, out in zip(rest, paired):
+                outs[k] = out
+        for k, t in enumerate(threads):
+            t.outputs[i] = outs[k]
+            if outs[k] is None and t.inputs[i] is not None and i < n - 1:
+                result.notes.append(f"{name}: stream {k} ends at block {blocks[i].ref}")
+            if i < n - 1:
+                slots_now[k] = next_slot(i, outs[k], slots_now[k]) if outs[k] is not None else None
     return threads
-
-
-def _fill_last_outputs(blocks: list[Block], threads: list[Thread], cap: CapturedGraph) -> None:
-    """The last block may be structurally unique (SD3 returns (None, h)): match its used
-    outputs to the streams still open by shape and dtype, only when unambiguous."""
-    last = blocks[-1]
-    open_threads = [t for t in threads if t.inputs[-1] is not None and t.outputs[-1] is None]
-    if not open_threads:
-        return
-    inside = set(last.nodes)
-    used = [n for n in last.nodes if any(u not in inside for u in n.users)]
-
-    def key(n: fx.Node):
-        v = n.meta.get("example_value")
-        return (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
-
-    for t in open_threads:
-        k = key(t.inputs[-1])
-        hits = [n for n in used if key(n) == k]
-        others = [u for u in open_threads if u is not t and key(u.inputs[-1]) == k]
-        if len(hits) == 1 and not others:
-            t.outputs[-1] = hits[0]
 
 
 def _reaches_output(node: fx.Node) -> bool:
@@ -290,21 +357,50 @@ def _derives_from_encoder_input(value: fx.Node, limit: int = 4000) -> bool:
                for v in _walk_back(value, lambda v: True, limit))
 
 
-def _can_chain(a: BlockLoop, b: BlockLoop, cap: CapturedGraph) -> bool:
-    """Two lists chain when every stream leaving ``a`` enters ``b`` unchanged."""
-    outs = [t.outputs[-1] for t in a.threads if t.outputs[-1] is not None]
-    ins = [t.inputs[0] for t in b.threads]
-    return bool(outs) and len(outs) == len(ins) and set(outs) == set(ins)
+def _direct(a: list[Block], b: list[Block], cap: CapturedGraph) -> bool:
+    """Lists chain when the values the next list's first block takes from the previous list's
+    last block come straight out of it, with no glue in between (FLUX.1's double -> single)."""
+    last, first = a[-1], b[0]
+    origins = _Origins(cap, {x for blk in (last, first) for x in blk.nodes})
+    inside = set(last.nodes)
+    links = [v for v in _external_inputs(first, cap).values() if origins.of(v, last)]
+    return bool(links) and all(v in inside for v in links)
 
 
-def _merge(a: BlockLoop, b: BlockLoop) -> BlockLoop:
-    by_input = {t.inputs[0]: t for t in b.threads}
-    threads = []
-    for t in a.threads:
-        u = by_input[t.outputs[-1]]
-        threads.append(Thread(t.inputs + u.inputs, t.outputs + u.outputs))
-    return BlockLoop(a.lists + b.lists, a.blocks + b.blocks, threads, _hidden_thread(threads),
-                     {**a.patterns, **b.patterns})
+def _split_bad_chains(groups: list[list[list[Block]]], cap: CapturedGraph) -> list[list[list[Block]]]:
+    """A chain must carry every stream of each list through all of its blocks: a list whose
+    own streams start in glue (Kandinsky's visual blocks after a text block that only feeds
+    them a context) is a loop of its own, not a continuation."""
+    out = []
+    for group in groups:
+        if len(group) > 1 and not _chain_holds(group, cap):
+            out += [[g] for g in group]
+        else:
+            out.append(group)
+    return out
+
+
+def _chain_holds(group: list[list[Block]], cap: CapturedGraph) -> bool:
+    scratch = MatchResult(loops=[])
+    seq = [b for g in group for b in g]
+    threads = _trace_threads(seq, cap, scratch, "chain")
+    if threads is None:
+        return False
+    k = 0
+    for g in group[:-1]:
+        k += len(g)
+        for t in threads:
+            if (t.outputs[k - 1] is None) != (t.inputs[k] is None) or (
+                    t.inputs[k] is not None and t.inputs[k] is not t.outputs[k - 1]):
+                return False
+    if any(v is None for t in threads for v in t.inputs) or threads[_hidden_thread(threads)].outputs[-1] is None:
+        return False  # a stream stops inside the chain (the last block may drop a dead output)
+    for g in group:  # each list's own streams (when it has some) all come through the chain
+        if len(g) >= 2:
+            own = _trace_threads(g, cap, scratch, "list")
+            if own is not None and len(own) > len(threads):
+                return False
+    return True
 
 
 def match(cap: CapturedGraph, layout: str = "auto",
@@ -320,26 +416,33 @@ def match(cap: CapturedGraph, layout: str = "auto",
         result.reasons.append(f"autocast / grad-mode / vmap regions in the graph cannot be re-entered per cached "
                               f"piece ({cap.region_error}), so the model runs uncached")
         return result
-    loops: list[BlockLoop] = []
+    groups: list[list[list[Block]]] = []
     for blocks in _select_main(_candidate_lists(cap, result, list_lengths), cap, result):
-        path = blocks[0].ref.list_path
-        threads = _trace_threads(blocks, cap, result, path)
+        if groups and layout != "per_list" and _direct(groups[-1][-1], blocks, cap):
+            groups[-1].append(blocks)
+        else:
+            if groups and layout == "chain":
+                result.notes.append(f"cannot chain {groups[-1][-1][0].ref.list_path} -> {blocks[0].ref.list_path}: "
+                                    "glue changes the streams")
+            groups.append([blocks])
+    loops: list[BlockLoop] = []
+    for group in _split_bad_chains(groups, cap):
+        lists = [g[0].ref.list_path for g in group]
+        seq = [b for g in group for b in g]
+        if len(seq) < 2:
+            result.notes.append(f"{lists[0]}: a single block with no list to chain to; nothing to cache")
+            continue
+        threads = _trace_threads(seq, cap, result, "+".join(lists))
         if threads is None:
             continue
-        hidden = _hidden_thread(threads)
-        loops.append(BlockLoop([path], blocks, threads, hidden, {path: _pattern(blocks, threads, cap)}))
-    if layout != "per_list" and len(loops) > 1:
-        merged = [loops[0]]
-        for nxt in loops[1:]:
-            if _can_chain(merged[-1], nxt, cap):
-                merged[-1] = _merge(merged[-1], nxt)
-                result.notes.append(f"chained {merged[-1].name}: streams pass straight from list to list")
-            elif layout == "chain":
-                result.notes.append(f"cannot chain {merged[-1].name} -> {nxt.name}: glue changes the streams")
-                merged.append(nxt)
-            else:
-                merged.append(nxt)
-        loops = merged
+        patterns, start = {}, 0
+        for g in group:
+            part = [Thread(t.inputs[start:start + len(g)], t.outputs[start:start + len(g)]) for t in threads]
+            patterns[g[0].ref.list_path] = _pattern(g, [t for t in part if t.inputs[0] is not None], cap)
+            start += len(g)
+        loops.append(BlockLoop(lists, seq, threads, _hidden_thread(threads), patterns))
+        if len(lists) > 1:
+            result.notes.append(f"chained {'+'.join(lists)}: streams pass straight from list to list")
     result.loops = loops
     if not loops and not result.reasons:
         result.reasons.append(NO_BLOCK_LIST)

@@ -1,0 +1,93 @@
+"""One skippable middle on one call: decide, then rebuild its outputs from the cache or
+store what the computed middle produced. Both paths use it: the graph path (``Runner``,
+a middle piece) and the block path (``BlockRunner``, the middle blocks of a list)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from ..config import CalibratorConfig, DBCacheConfig
+from ..kernels import apply_residuals, fused_residual_diff, rel_l1_diff
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+
+def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
+                  ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """sum|cur - ref| / sum|ref| over all ranks' shards, and whether every rank has a usable
+    reference. One all-reduce per decision, made by every rank on every call, so the ranks
+    always take the same branch (a local decision would diverge and hang the next collective)."""
+    import torch.distributed as dist
+
+    stats = torch.zeros(3, dtype=torch.float64, device=cur.device)
+    if ref is None:
+        stats[2] = 1.0
+    else:
+        stats[0] = (cur.double() - ref.double()).abs().sum()
+        stats[1] = ref.double().abs().sum()
+    dist.all_reduce(stats, group=group)
+    if stats[2] > 0:
+        return None, torch.tensor(float("inf"))
+    ratio = stats[0] / stats[1] if stats[1] > 0 else torch.tensor(float("inf"))
+    return ref, ratio.float()
+
+
+class MiddleCall:
+    """``key`` is None for DBCache's whole middle (decided on the Fn residual ``x - x0``) and
+    the block id for a DBPrune block (decided on its input ``x``). ``ins`` are the streams
+    entering the middle; ``hidden`` the index of the hidden stream among them."""
+
+    def __init__(self, session: "Session", name: str, config: DBCacheConfig,
+                 calibrator_config: Optional[CalibratorConfig], key: Optional[int], never_cache: Optional[str],
+                 hidden: Optional[int], x: torch.Tensor, x0: Optional[torch.Tensor], ins: list[torch.Tensor]):
+        self.state = state = session.state(name, session.branch, config, calibrator_config)
+        state.step = session.step
+        state.never_cache = never_cache
+        self.key, self.ins = key, ins
+        reference = state.reference_for(key, x, ins)
+        group = session.process_group
+        if group is not None:  # sharded activations: every rank must take the same decision
+            self.measured = x - x0 if key is None else x
+            reference, ratio = _global_ratio(self.measured, reference, group)
+        elif key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
+            self.measured, ratio = fused_residual_diff(x, x0, reference)
+        else:
+            self.measured, ratio = x, rel_l1_diff(x, reference) if reference is not None else None
+        self.decision = state.decide(key, reference, ratio)
+        cal = state.calibrator
+        self.calibrated = [cal is not None and cal.calibrates(k, hidden) for k in range(len(ins))]
+
+    @property
+    def cache(self) -> bool:
+        return self.decision.cache
+
+    def cached(self) -> tuple[list[torch.Tensor], list[Any]]:
+        """The middle's stream outputs (input + stored residual, or the calibrator's forecast)
+        and its stored non-tensor outputs."""
+        state, ins, cal = self.state, self.ins, self.state.calibrator
+        buf = state.buffers[self.key]
+        outs: list[Any] = [None] * len(ins)
+        plain = [k for k in range(len(ins)) if not self.calibrated[k]]
+        for j in range(0, len(plain), 2):  # two streams per fused launch
+            ks = plain[j:j + 2]
+            res = apply_residuals(*[t for k in ks for t in (ins[k], buf.residuals[k])])
+            for k, v in zip(ks, res):
+                outs[k] = v
+        for k in range(len(ins)):
+            if self.calibrated[k]:
+                outs[k] = cal.forecast(k, state.step, ins[k] if cal.cache_type == "residual" else None)
+        state.record(self.decision, self.key)
+        return outs, list(buf.values)
+
+    def computed(self, outs: list[torch.Tensor], values: list[Any]) -> None:
+        """Store what the computed middle produced (its residuals and non-tensor outputs)."""
+        state, cal = self.state, self.state.calibrator
+        residuals = [o - t for o, t in zip(outs, self.ins)]
+        state.store(self.key, self.measured, residuals, values)
+        for k in range(len(outs)):
+            if self.calibrated[k]:
+                cal.update(k, residuals[k] if cal.cache_type == "residual" else outs[k], state.step)
+        state.record(self.decision, self.key)

@@ -1,0 +1,162 @@
+"""Streams are traced by data flow, not only inside runs of identical blocks: heterogeneous
+lists, 2-block lists whose last block lost its dead outputs, and chains of short lists
+(1 double + 1 single) are cached. Inputs vary slowly (the zoo's tuned drift; toy_inputs 1 % a
+step); cached-step tests set the threshold from the reference's own measured diffs."""
+
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+import dit_cachepass as dcp
+from dit_cachepass.testing import zoo
+from reference_dbcache import ReferenceDBCache
+from toy_models import toy_inputs
+
+STEPS = 6
+
+
+def _out(o):
+    return o[0] if isinstance(o, (tuple, list)) else o.sample
+
+
+def flux(double, single):
+    return zoo._builder("FluxTransformer2DModel", dict(zoo.FLUX, num_layers=double, num_single_layers=single))()
+
+
+def sd3(layers, dual):
+    return zoo._builder("SD3Transformer2DModel", dict(zoo.SD3, num_layers=layers,
+                                                      dual_attention_layers=tuple(range(dual))))()
+
+
+def run(model, inputs, steps=STEPS):
+    with torch.no_grad():
+        return [_out(model(**inputs(s, steps, 1.0), return_dict=False)) for s in range(steps)]
+
+
+@pytest.mark.parametrize("double,single", [(1, 1), (2, 2), (4, 1), (1, 4)])
+def test_flux_double_and_single_lists_chain_for_any_length(double, single):
+    inputs = zoo.ZOO["flux"].inputs
+    rep = dcp.explain(flux(double, single), **inputs(0, STEPS, 1.0), return_dict=False,
+                      cache_config=dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0))
+    assert [l.name for l in rep.loops] == ["transformer_blocks+single_transformer_blocks"], str(rep)
+    loop = rep.loops[0]
+    assert loop.streams == 2 and loop.patterns == {"transformer_blocks": 1, "single_transformer_blocks": 1}
+    assert len(loop.middle_blocks) == double + single - 1
+    ref = run(flux(double, single), inputs)
+    m = dcp.compile(flux(double, single), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
+                                                            residual_diff_threshold=0.0), backend="eager", strict=True)
+    for a, b in zip(ref, run(m, inputs)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    m = dcp.compile(flux(double, single), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
+                                                            residual_diff_threshold=0.5, max_warmup_steps=1),
+                    backend="eager", strict=True)
+    got = run(m, inputs)
+    assert dcp.summary(m).loops[0].cached_steps, "nothing cached at threshold 0.5"
+    for a, b in zip(ref, got):
+        assert torch.isfinite(b).all() and ((b - a).abs().mean() / a.abs().mean()) < 0.2
+
+
+@pytest.mark.parametrize("dual", [0, 2])
+def test_two_block_lists_cache_like_the_reference(dual):
+    """SD3 with 2 blocks: the last (context_pre_only) block lost its encoder output to DCE."""
+    inputs = zoo.ZOO["sd3"].inputs
+    probe_model = sd3(2, dual)
+    probe = ReferenceDBCache(probe_model, "transformer_blocks", 1, 1, 0, 1e-9, 1)
+    run(probe_model, inputs)
+    thr = statistics.median(probe.diffs) * 1.01
+    ref_model = sd3(2, dual)
+    ref = ReferenceDBCache(ref_model, "transformer_blocks", 1, 1, 0, thr, 1)
+    expected = run(ref_model, inputs)
+    m = dcp.compile(sd3(2, dual), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
+                                                    residual_diff_threshold=thr, max_warmup_steps=1),
+                    backend="eager", strict=True)
+    got = run(m, inputs)
+    assert 0 < len(ref.cached_steps) < STEPS - 1
+    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+class _Dual(nn.Module):
+    """block(hidden_states, encoder_hidden_states, temb) -> (encoder, hidden): joint attention."""
+
+    def __init__(self, d, linear_attention=False, cross=False):
+        super().__init__()
+        self.linear_attention, self.cross = linear_attention, cross
+        self.qkv = nn.Linear(d, 3 * d)
+        self.ctx = nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.mod = nn.Linear(d, 2 * d)
+        self.kv_cross = nn.Linear(d, 2 * d) if cross else None
+
+    def forward(self, hidden_states, encoder_hidden_states, temb):
+        n = encoder_hidden_states.shape[1]
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        scale, shift = self.mod(temb)[:, None].chunk(2, dim=-1)
+        q, k, v = self.qkv(nn.functional.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift).chunk(3, dim=-1)
+        if self.linear_attention:  # Sana-style ReLU linear attention
+            q, k = q.relu(), k.relu()
+            a = q @ (k.transpose(1, 2) @ v) / (q @ k.sum(1, keepdim=True).transpose(1, 2) + 1e-6)
+        else:
+            a = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1) @ v
+        if self.cross:  # an injection block with an extra cross-attention (BriaFibo-style)
+            kc, vc = self.kv_cross(encoder_hidden_states).chunk(2, dim=-1)
+            a = a + torch.softmax(q @ kc.transpose(1, 2), dim=-1) @ vc
+        x = x + 0.5 * a
+        x = x + 0.5 * self.ff(x)
+        encoder_hidden_states, hidden_states = x[:, :n] + 0.1 * self.ctx(x[:, :n]), x[:, n:]
+        return encoder_hidden_states, hidden_states
+
+
+class HeteroDiT(nn.Module):
+    def __init__(self, kind, d=32, n=6):
+        super().__init__()
+        self.embed, self.t_embed, self.txt = nn.Linear(8, d), nn.Linear(1, d), nn.Linear(8, d)
+        if kind == "alternating":
+            blocks = [_Dual(d, linear_attention=i % 2 == 0) for i in range(n)]
+        else:
+            blocks = [_Dual(d, cross=i == 1) for i in range(n)]
+        self.blocks = nn.ModuleList(blocks)
+        self.out = nn.Linear(d, 8)
+
+    def forward(self, hidden_states, timestep):
+        temb = self.t_embed(timestep[:, None] / 1000)
+        h = self.embed(hidden_states)
+        e = self.txt(hidden_states[:, :4].flip(-1))  # 4 "text" tokens, constant over steps
+        for block in self.blocks:
+            e, h = block(h, e, temb)
+        return self.out(h)
+
+
+def hetero(kind):
+    torch.manual_seed(0)
+    return HeteroDiT(kind).eval()
+
+
+def _toy_run(model, steps=STEPS):
+    with torch.no_grad():
+        return [model(**toy_inputs(s)) for s in range(steps)]
+
+
+@pytest.mark.parametrize("kind", ["alternating", "injection"])
+def test_heterogeneous_lists_are_traced_and_cached_like_the_reference(kind):
+    rep = dcp.explain(hetero(kind), **toy_inputs(0), cache_config=dcp.DBCacheConfig(Fn_compute_blocks=1))
+    assert [l.name for l in rep.loops] == ["blocks"] and rep.loops[0].streams == 2, str(rep)
+    assert rep.loops[0].pattern == 1
+    probe_model = hetero(kind)
+    probe = ReferenceDBCache(probe_model, "blocks", 1, 1, 1, 1e-9, 1)
+    _toy_run(probe_model)
+    thr = statistics.median(probe.diffs) * 1.01
+    ref_model = hetero(kind)
+    ref = ReferenceDBCache(ref_model, "blocks", 1, 1, 1, thr, 1)
+    expected = _toy_run(ref_model)
+    m = dcp.compile(hetero(kind), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
+                                                    residual_diff_threshold=thr, max_warmup_steps=1),
+                    backend="eager", strict=True)
+    got = _toy_run(m)
+    assert 0 < len(ref.cached_steps) < STEPS - 1, ref.diffs
+    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
