@@ -6,8 +6,8 @@ torch.compile graph pass.
     print(dcp.summary(pipe.transformer))
 """
 
-from .api import (ExplainReport, LoopReport, compile, disable, disable_cache, enable_cache, explain, refresh,
-                  summary)
+from .api import (ExplainReport, LoopReport, branch, compile, disable, disable_cache, enable_cache, explain,
+                  generation, refresh, summary)
 from .flops import count_flops
 from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, FBCacheConfig, FoCaCalibratorConfig,
                      ParallelismConfig, ParamsModifier, TaylorSeerCalibratorConfig)
@@ -20,6 +20,6 @@ __all__ = [
     "DBCacheConfig", "DBPruneConfig", "FBCacheConfig", "TaylorSeerCalibratorConfig", "FoCaCalibratorConfig",
     "CalibratorConfig", "ParamsModifier", "ParallelismConfig", "ForwardPattern",
     "enable_cache", "disable_cache",
-    "compile", "disable", "refresh", "summary", "explain", "ExplainReport", "LoopReport",
+    "compile", "disable", "refresh", "summary", "generation", "branch", "explain", "ExplainReport", "LoopReport",
     "Summary", "UnsupportedModelError", "count_flops",
 ]

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .backend import StageError, analyse, build, _SESSIONS
+from .backend import StageError, analyse, build, register, session_for_options, session_of
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .matcher import NO_BLOCK_LIST
+from .blockpath import trace_block_calls
+from .paths import CAPTURE_FLAGS, ModulePaths, block_path_may_help, block_path_report, graph_broken
 from .parallel import decision_group, enable_parallelism
 from .session import GraphReport, Session, UnsupportedModelError
 from .stats import Summary
 
 _ATTR = "_dit_cachepass"
+_PIPE_BASE = "_dit_cachepass_base"  # on the per-instance pipeline subclass: the original class
 
 
 def _list_lengths(module: torch.nn.Module) -> dict[str, int]:
@@ -53,13 +58,16 @@ def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Cal
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,
             calibrator_config: Optional[CalibratorConfig] = None,
             params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
-            backend: str = "inductor", strict: bool = False, process_group: Any = None) -> torch.nn.Module:
+            backend: str = "inductor", strict: bool = False, process_group: Any = None,
+            path: str = "auto") -> torch.nn.Module:
     """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
 
     Returns the same module object with its ``forward`` replaced, so a pipeline keeps using
     its ``.config``, ``.dtype``, hooks and attributes. Parameters are never modified.
     ``backend``: "inductor" (default), "aot_eager" or "eager" (debugging, fast CPU tests).
     ``strict=True`` raises instead of running uncached when no loop can be cached.
+    ``path``: "auto" (the graph path; if graph breaks keep the loop out of every graph, a retry
+    with dynamo's scalar capture, then the block path), "graph" or "block" to force one.
     ``calibrator_config``: ``TaylorSeerCalibratorConfig`` or ``FoCaCalibratorConfig`` forecasts
     the middle's residual on cached steps instead of reusing it unchanged.
     ``params_modifiers[k]`` overrides the config of the k-th cached loop (graph order, as
@@ -79,23 +87,74 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
                       process_group=decision_group(module, process_group))
     session.previous_forward = module.__dict__.get("forward")
     forward_fn = _isolated_forward(module, session.previous_forward)
-    compiled = torch.compile(forward_fn, backend=lambda gm, ex: build(gm, ex, session), dynamic=False)
+    compiled = session.paths = ModulePaths(
+        module, session, lambda: _isolated_forward(module, session.previous_forward),
+        lambda fn: torch.compile(fn, backend=lambda gm, ex: build(gm, ex, session), dynamic=False), path)
+    timestep_of = _timestep_getter(forward_fn)
 
-    @functools.wraps(compiled)
+    @functools.wraps(forward_fn)
     def forward(*args: Any, **kwargs: Any) -> Any:
+        # one call of the module = one step of one branch, whatever graphs dynamo splits it into;
+        # the timestep is read from the arguments (a graph may not take it: Lumina2)
+        session.begin_call(timestep_of(args, kwargs))
         try:
-            out = compiled(*args, **kwargs)
-        except torch._dynamo.exc.BackendCompilerFailed as e:  # strict=True: raise ours, not dynamo's wrapper
-            inner = getattr(e, "inner_exception", None) or e.__cause__
-            if isinstance(inner, UnsupportedModelError):
-                raise inner from None
+            try:
+                out = compiled(*args, **kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as e:  # strict=True: raise ours, not dynamo's wrapper
+                inner = getattr(e, "inner_exception", None) or e.__cause__
+                if isinstance(inner, UnsupportedModelError):
+                    raise inner from None
+                raise
+        except BaseException:
+            session.abort_call()  # a failed call leaves counters, branches and buffers as before it
             raise
+        session.end_call()
         session.after_forward()
         return out
 
     module.forward = forward
+    _observe_cache_context(module, session)
     setattr(module, _ATTR, session)
     return module
+
+
+def _timestep_getter(fn: Callable) -> Callable[[tuple, dict], Any]:
+    """Reads the ``timestep`` (or ``timesteps``) argument of a forward call, if it has one."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    for p in params:
+        if p.name in ("timestep", "timesteps"):
+            positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            idx = params.index(p) if positional and all(
+                q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD) for q in params[:params.index(p)]) else None
+            name = p.name
+
+            def get(args: tuple, kwargs: dict) -> Any:
+                if name in kwargs:
+                    return kwargs[name]
+                return args[idx] if idx is not None and idx < len(args) else None
+            return get
+    return lambda args, kwargs: kwargs.get("timestep", kwargs.get("timesteps"))
+
+
+def _observe_cache_context(module: torch.nn.Module, session: Session) -> None:
+    """diffusers pipelines wrap each denoiser call in ``transformer.cache_context("cond" |
+    "uncond", step_index=...)``; an instance-level wrapper hands the name (and the step index
+    when given) to the session, then enters the original context."""
+    original = getattr(module, "cache_context", None)
+    if not callable(original):
+        return
+    session.previous_cache_context = module.__dict__.get("cache_context")
+
+    @contextlib.contextmanager
+    def cache_context(name: Any, *args: Any, **kwargs: Any):
+        with original(name, *args, **kwargs), session.branch_scope(str(name), kwargs.get("step_index")):
+            yield
+
+    cache_context._dit_cachepass = True  # type: ignore[attr-defined]
+    module.cache_context = cache_context
 
 
 def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = None, *,
@@ -130,11 +189,69 @@ def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = No
         raise ValueError(f"params_modifiers has {len(mods)} entries but the pipeline has {len(names)} "
                          f"transformer(s): {names}")
     for i, name in enumerate(names):
+        mod = components[name]
+        existing = getattr(mod, _ATTR, None)
+        if (existing is not None and parallelism_config is None and (i >= len(mods) or mods[i] is None)
+                and existing.params_modifiers is None and existing.backend == backend
+                and existing.strict == strict and existing.calibrator_config == calibrator_config
+                and (cache_config is None or cache_config == existing.config)):
+            continue  # shared with a pipeline already cached (from_pipe / same components): keep its session
         if parallelism_config is not None:
-            enable_parallelism(components[name], parallelism_config)
-        compile(components[name], cache_config, calibrator_config=calibrator_config,
+            enable_parallelism(mod, parallelism_config)
+        compile(mod, cache_config, calibrator_config=calibrator_config,
                 params_modifiers=mods[i] if i < len(mods) else None, backend=backend, strict=strict)
+    _wrap_pipeline(pipe_or_module)
     return pipe_or_module
+
+
+def _cached_components(pipe: Any) -> list[Session]:
+    comps = getattr(pipe, "components", None)
+    comps = comps if isinstance(comps, dict) else {}
+    out = []
+    for c in comps.values():
+        s = _find_session(c) if isinstance(c, torch.nn.Module) else None
+        if s is not None and s not in out:
+            out.append(s)
+    return out
+
+
+def _num_inference_steps(sig: Optional[inspect.Signature], self: Any, args: tuple, kwargs: dict) -> Optional[int]:
+    n = kwargs.get("num_inference_steps")
+    if n is None and sig is not None:
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            n = bound.arguments.get("num_inference_steps")
+        except TypeError:
+            n = None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _wrap_pipeline(pipe: Any) -> None:
+    """Every call of the pipeline is one generation of each cached transformer. Python looks
+    ``__call__`` up on the type, so the instance gets its own subclass (same name, qualname and
+    module: ``save_pretrained`` and ``from_pipe`` see the original class name);
+    ``disable_cache`` puts the original class back."""
+    cls = type(pipe)
+    if getattr(cls, _PIPE_BASE, None) is not None or not any("__call__" in vars(k) for k in cls.__mro__[:-1]):
+        return
+    base_call = cls.__call__
+    try:
+        sig: Optional[inspect.Signature] = inspect.signature(base_call)
+    except (TypeError, ValueError):
+        sig = None
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        n = _num_inference_steps(sig, self, args, kwargs)
+        with contextlib.ExitStack() as stack:
+            for s in _cached_components(self):
+                stack.enter_context(s.generation_scope(n))
+            return base_call(self, *args, **kwargs)
+
+    functools.update_wrapper(__call__, base_call)
+    pipe.__class__ = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                                  "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                                                  _PIPE_BASE: cls})
 
 
 def disable_cache(pipe_or_module: Any) -> Any:
@@ -144,18 +261,63 @@ def disable_cache(pipe_or_module: Any) -> Any:
     for name, c in getattr(pipe_or_module, "components", {}).items():
         if isinstance(c, torch.nn.Module) and hasattr(c, _ATTR):
             disable(c)
+    base = getattr(type(pipe_or_module), _PIPE_BASE, None)
+    if base is not None:
+        pipe_or_module.__class__ = base
     return pipe_or_module
 
 
-def _session(obj: Any) -> Session:
+@contextlib.contextmanager
+def generation(module: Any, num_inference_steps: Optional[int] = None):
+    """``with dcp.generation(transformer):`` every call inside is a step of one new generation
+    (entering and leaving are boundaries), whatever the timesteps do. For transformer-only
+    use; ``enable_cache(pipe)`` does this for every pipeline call. ``module``: a module from
+    ``dcp.compile``/``enable_cache``/``torch.compile(backend="dit_cache")``, or a pipeline
+    (every cached transformer)."""
+    sessions = [_session(module)] if isinstance(module, torch.nn.Module) else _cached_components(module)
+    if not sessions:
+        raise ValueError(f"{type(module).__name__} has no module cached by dit_cachepass")
+    with contextlib.ExitStack() as stack:
+        for s in sessions:
+            stack.enter_context(s.generation_scope(num_inference_steps))
+        yield
+
+
+@contextlib.contextmanager
+def branch(module: Any, name: str, step_index: Optional[int] = None):
+    """``with dcp.branch(transformer, "uncond"):`` calls inside belong to the named branch
+    (own reference, residuals and counters), whatever their order or timestep. "cond" is the
+    default branch. diffusers pipelines name their calls with ``cache_context`` already."""
+    with _session(module).branch_scope(name, step_index):
+        yield
+
+
+def _dynamo_options(obj: Any) -> Optional[dict]:
+    """The ``options`` of ``torch.compile(module, backend="dit_cache", options=...)``, or None
+    when ``obj`` was not compiled with that backend."""
+    wrapper = getattr(getattr(obj, "dynamo_ctx", None), "callback", None)
+    while hasattr(wrapper, "_torchdynamo_orig_backend"):
+        wrapper = wrapper._torchdynamo_orig_backend
+    if getattr(wrapper, "compiler_name", None) != "dit_cache":
+        return None
+    return (getattr(wrapper, "kwargs", None) or {}).get("options") or {}
+
+
+def _find_session(obj: Any) -> Optional[Session]:
     s = getattr(obj, _ATTR, None)
-    if s is None and hasattr(obj, "_orig_mod"):  # torch.compile(..., backend="dit_cache")
-        wrapper = getattr(getattr(obj, "dynamo_ctx", None), "callback", None)
-        while hasattr(wrapper, "_torchdynamo_orig_backend"):
-            wrapper = wrapper._torchdynamo_orig_backend
-        options = (getattr(wrapper, "kwargs", None) or {}).get("options")
-        if options is not None and id(options) in _SESSIONS:
-            s = _SESSIONS[id(options)][1]
+    if s is None and isinstance(getattr(obj, "_orig_mod", None), torch.nn.Module):
+        mod = obj._orig_mod  # torch.compile(..., backend="dit_cache"): the session of the module itself
+        s = getattr(mod, _ATTR, None) or session_of(mod)
+        if s is None:
+            options = _dynamo_options(obj)
+            if options is not None:  # not called yet: create its session now, the backend will find it
+                s = session_for_options(options)
+                register(mod, s)
+    return s
+
+
+def _session(obj: Any) -> Session:
+    s = _find_session(obj)
     if s is None:
         raise ValueError(f"{type(obj).__name__} is not compiled by dit_cachepass: call "
                          "dit_cachepass.compile(module, config) or torch.compile(module, backend='dit_cache').")
@@ -163,12 +325,26 @@ def _session(obj: Any) -> Session:
 
 
 def disable(module: torch.nn.Module) -> torch.nn.Module:
-    """Restore the module's original forward and drop all cache state."""
+    """Restore the module's original forward and drop all cache state. On a
+    ``torch.compile(..., backend="dit_cache")`` result: drop the state and compute every step
+    from now on (the module stays compiled; ``._orig_mod`` is the plain module)."""
     session = _session(module)
+    if not hasattr(module, _ATTR):  # torch.compile(backend="dit_cache"): stays compiled, caches nothing
+        session.enabled = False
+        session.states.clear()
+        return module
+    if getattr(session, "paths", None) is not None:
+        session.paths.uninstall()  # the block path's wrapped block forwards
     if session.previous_forward is not None:
         module.forward = session.previous_forward
     else:
         del module.forward
+    cc = module.__dict__.get("cache_context")
+    if getattr(cc, "_dit_cachepass", False):
+        if session.previous_cache_context is not None:
+            module.cache_context = session.previous_cache_context
+        else:
+            del module.cache_context
     delattr(module, _ATTR)
     return module
 
@@ -208,6 +384,7 @@ class LoopReport:
 class ExplainReport:
     loops: list[LoopReport]
     graphs: int
+    path: str = "-"  # "graph", "graph (scalar/dynamic-output capture)", "block"; "-" when nothing is cached
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -217,7 +394,7 @@ class ExplainReport:
         return bool(self.loops)
 
     def __str__(self) -> str:
-        lines = [f"dit_cachepass.explain: {self.graphs} graph(s), {len(self.loops)} cached loop(s)"]
+        lines = [f"dit_cachepass.explain: {self.graphs} graph(s), {len(self.loops)} cached loop(s), path: {self.path}"]
         lines += [str(l) for l in self.loops]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  not cached: {r}" for r in self.reasons + self.skipped]
@@ -250,20 +427,42 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
     config = cache_config or (existing.config if existing else DBCacheConfig())
     session = Session(config, backend="eager", list_lengths=_list_lengths(module),
                       params_modifiers=existing.params_modifiers if existing else None)
-    reports = []
-
-    def backend(gm, ex):
-        try:
-            reports.append(analyse(gm, ex, session)[2])
-        except StageError as err:
-            reports.append(GraphReport(len(gm.graph.nodes), [], [f"{err}: the model would run uncached"], [], []))
-        return gm.forward
-
     prior = existing.previous_forward if existing is not None else module.__dict__.get("forward")
-    forward = _isolated_forward(module, prior)
-    with torch.no_grad():
-        torch.compile(forward, backend=backend, dynamic=False)(*args, **kwargs)
-    rep = ExplainReport(loops=[], graphs=len(reports))
+
+    def graph_reports(flags: bool) -> list[GraphReport]:
+        reports: list[GraphReport] = []
+
+        def backend(gm, ex):
+            try:
+                reports.append(analyse(gm, ex, session)[2])
+            except StageError as err:
+                reports.append(GraphReport(len(gm.graph.nodes), [], [f"{err}: the model would run uncached"], [], []))
+            return gm.forward
+
+        patch = torch._dynamo.config.patch(**CAPTURE_FLAGS) if flags else contextlib.nullcontext()
+        with torch.no_grad(), patch:
+            torch.compile(_isolated_forward(module, prior), backend=backend, dynamic=False)(*args, **kwargs)
+        return reports
+
+    # the same order of paths as a compiled module takes (paths.ModulePaths)
+    reports, path, tried = graph_reports(False), "graph", []
+    if graph_broken(reports):
+        retry = graph_reports(True)
+        tried.append(f"graph path: {len(reports)} graphs, no loop whole in one; retried with dynamo's "
+                     "capture_scalar_outputs / capture_dynamic_output_shape_ops")
+        if any(r.loops for r in retry):
+            reports, path = retry, "graph (scalar/dynamic-output capture)"
+    if block_path_may_help(module, reports):
+        with torch.no_grad():
+            _, calls = trace_block_calls(module, lambda: _isolated_forward(module, prior)(*args, **kwargs))
+        block = block_path_report(module, session, calls)
+        tried.append("graph path cached nothing; traced one eager call at the block-list level")
+        if block.loops:
+            reports, path = [block], "block"
+        else:
+            reports = reports + [block]
+    rep = ExplainReport(loops=[], graphs=len(reports), path=path if any(r.loops for r in reports) else "-",
+                        notes=tried)
     for r in reports:
         rep.reasons += r.reasons
         rep.notes += r.notes
@@ -273,13 +472,13 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
             pats = {k: int(v) for k, v in lp.loop.patterns.items()}
             rep.loops.append(LoopReport(lp.name, lp.loop.lists, next(iter(pats.values())), pats,
                                         names[lp.fn.start:lp.fn.stop], names[lp.middle.start:lp.middle.stop],
-                                        names[lp.bn.start:lp.bn.stop], len(lp.loop.threads)))
+                                        names[lp.bn.start:lp.bn.stop], lp.loop.streams))
     if rep.loops:
         rep.reasons = [r for r in rep.reasons if r != NO_BLOCK_LIST]
     else:
         rep.reasons += _graph_breaks(module, prior, args, kwargs)
     rep.reasons = list(dict.fromkeys(rep.reasons))
-    if len(reports) > 1:
+    if len(reports) > 1 and path != "block":
         rep.notes.append(f"{len(reports)} graphs: dynamo broke the forward into pieces "
                          "(torch._dynamo.explain lists why); only loops whole inside one graph are cached")
     return rep

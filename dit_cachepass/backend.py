@@ -7,9 +7,13 @@ calls ``build`` directly with a session it owns.
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 import torch.fx as fx
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import capture
 from .lower import compile_graph, has_symbolic_inputs
@@ -20,7 +24,9 @@ from .runtime.executor import Runner
 from .session import GraphReport, Session, UnsupportedModelError
 
 _OPTION_KEYS = {"cache_config", "calibrator_config", "backend", "strict"}
-_SESSIONS: dict[int, tuple[dict, Session]] = {}
+# parameter / buffer tensor -> the session of the module that owns it (torch.compile's backend).
+# Weak keys, compared by identity: a session (and every cached tensor) dies with its module.
+_SESSIONS: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
 
 
 class StageError(RuntimeError):
@@ -69,21 +75,70 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
 
 
 def session_for_options(options: Optional[dict]) -> Session:
-    """One session per ``options`` dict, so ``dit_cachepass.summary`` can find it again."""
+    """A new session built from torch.compile's ``options`` (validated here)."""
     options = options if options is not None else {}
     unknown = set(options) - _OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown dit_cache option(s) {sorted(unknown)}: expected {sorted(_OPTION_KEYS)}")
-    key = id(options)
-    if key not in _SESSIONS or _SESSIONS[key][0] is not options:
-        session = Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
-                          strict=options.get("strict", False),
-                          calibrator_config=options.get("calibrator_config"))
-        _SESSIONS[key] = (options, session)
-    return _SESSIONS[key][1]
+    return Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
+                   strict=options.get("strict", False), calibrator_config=options.get("calibrator_config"))
+
+
+_PARAM = re.compile(r"^l_(self|fn_args_0)_.*_(parameters|buffers)_")
+
+
+def session_of(module: Any) -> Optional[Session]:
+    """The session of a module run through ``backend="dit_cache"`` (found by its parameters)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        s = _SESSIONS.get(t)
+        if s is not None:
+            return s
+    return None
+
+
+def register(module: Any, session: Session) -> None:
+    """Key ``session`` by every parameter and buffer of ``module`` (weakly: it dies with them)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        _SESSIONS[t] = session
+
+
+def _resolver(runner: Runner, options: Optional[dict], report: Optional[GraphReport]) -> Callable[[tuple], Session]:
+    """torch.compile compares backends by their options' value, and dynamo keeps one cache per
+    code object of the class's forward: every instance of a class (and every equal ``options``)
+    shares this runner. The parameters passed in as graph inputs tell the modules apart: each
+    module gets its own session, created on its first call and keyed weakly by its tensors.
+    ``options`` is held by the runner only (dynamo's cache holds the runner; no tensor)."""
+    slots = [i for i, n in enumerate(runner.prog.arg_names) if _PARAM.match(n)]
+    fallback: list[Session] = []  # a module without parameters: one session per runner
+
+    def resolve(args: tuple) -> Session:
+        keys = [args[i] for i in slots if isinstance(args[i], torch.Tensor)]
+        session = next((s for s in map(_SESSIONS.get, keys[:1]) if s is not None), None)
+        if session is None:
+            session = next((s for s in map(_SESSIONS.get, keys[1:]) if s is not None), None)
+            if session is None and not keys:
+                if not fallback:
+                    fallback.append(session_for_options(options))
+                session = fallback[0]
+            if session is None:
+                session = session_for_options(options)
+            for t in keys:
+                _SESSIONS[t] = session
+        if runner not in session.runners:
+            session.runners.append(runner)
+            if report is not None:
+                session.graphs.append(report)
+        return session
+
+    return resolve
 
 
 def dit_cache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
                       options: Optional[dict] = None, mode: Optional[str] = None) -> Callable:
-    """Dynamo backend entry point (``backend="dit_cache"``)."""
-    return build(gm, example_inputs, session_for_options(options))
+    """Dynamo backend entry point (``backend="dit_cache"``). The session passed to ``build`` only
+    analyses the graph; at run time each module is served by its own session (``_resolver``)."""
+    template = session_for_options(options)
+    fn = build(gm, example_inputs, template)
+    if isinstance(fn, Runner):
+        fn.resolve = _resolver(fn, options, template.graphs[-1] if template.graphs else None)
+    return fn

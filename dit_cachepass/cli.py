@@ -31,6 +31,19 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage(args: argparse.Namespace) -> int:
+    from .coverage import markdown, matrix
+
+    rows = matrix(args.entry or None, progress=not args.quiet)
+    text = markdown(rows)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(text)
+        print(f"wrote {args.write}")
+    print(text)
+    return 0 if all(r.cached or r.status.startswith("uncached") for r in rows) else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dit-cachepass", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m.add_argument("--no-lpips", action="store_true", help="skip LPIPS (needs pretrained AlexNet weights)")
     m.add_argument("--no-fid", action="store_true", help="skip FID (needs pretrained Inception weights)")
     m.set_defaults(func=_metrics)
+    c = sub.add_parser("coverage", help="which diffusers transformer classes are cached, by which path (tiny models)")
+    c.add_argument("entry", nargs="*", help="zoo entry names (default: all)")
+    c.add_argument("--write", metavar="PATH", help="also write the markdown table to PATH (e.g. docs/coverage.md)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_coverage)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -62,6 +62,10 @@ class BlockLoop:
     def name(self) -> str:
         return "+".join(self.lists)
 
+    @property
+    def streams(self) -> int:
+        return len(self.threads)
+
     def __len__(self) -> int:
         return len(self.blocks)
 

@@ -4,10 +4,11 @@ what the pass found in each graph (for ``explain``/``summary``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -16,6 +17,18 @@ from .lower import check_backend
 from .runtime.state import LoopState
 
 log = logging.getLogger("dit_cachepass")
+
+
+Branch = Union[int, str]  # 0: cond / only branch; int: heuristic CFG branch; str: named branch
+
+
+def _scalar(t: Any) -> Optional[float]:
+    """The first element of a timestep argument as a float (None when there is none)."""
+    if isinstance(t, torch.Tensor):
+        return float(t.reshape(-1)[0]) if t.numel() else None
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return float(t)
+    return None
 
 
 class UnsupportedModelError(RuntimeError):
@@ -76,19 +89,37 @@ class Session:
         self.backend = check_backend(backend)
         self.strict = strict
         self.list_lengths = list_lengths
-        self.states: dict[tuple[str, int], LoopState] = {}
+        self.states: dict[tuple[str, Branch], LoopState] = {}
         self.graphs: list[GraphReport] = []
+        self.paths: Any = None  # paths.ModulePaths: graph path, capture-flag retry, block path
+        self.notes: list[str] = []  # how the path was chosen (for explain / summary)
         self.runners: list[Any] = []  # one Runner per cached graph, newest last
+        self.enabled = True  # False after dcp.disable on a torch.compile'd module: every call computes
         self.calls = 0  # transformer calls in the current generation
         self.steps = 0  # pipeline steps begun in the current generation
-        self.branch = self.step = 0  # of the call in progress
-        self._repeat = 0
-        self.timestep_branches = True
+        self.branch: Branch = 0  # of the call in progress
+        self.step = 0
+        self.unsure: Optional[str] = None  # why the call in progress computes without touching state
         self.generation = 0
+        # explicit boundaries: generation scopes (pipeline calls, dcp.generation) and the active
+        # branch context (diffusers' cache_context, dcp.branch): (name, step_index)
+        self._scopes: list[Optional[int]] = []
+        self._context: Optional[tuple[str, Optional[int]]] = None
+        self._named_steps: dict[str, Optional[int]] = {}
+        self._named_ts: dict[str, Optional[float]] = {}
+        self._index_base: Optional[int] = None
+        self._lead: Optional[Branch] = None  # the branch whose calls begin a step
+        # the timestep heuristic (bare-transformer use only)
         self._last_timestep: Optional[float] = None
+        self._run = 0  # calls so far with the current timestep
+        self._prev_run: Optional[int] = None  # calls the previous timestep got, in this generation
         self._direction: Optional[int] = None
         self._pending_reset = False
+        self._depth = 0  # nesting of begin_call (forward wrapper, runners)
+        self._snap: Optional[tuple] = None
+        self._warned: set[str] = set()
         self.previous_forward = None
+        self.previous_cache_context = None
         self.checked_first_forward = False
 
     def __repr__(self) -> str:
@@ -107,81 +138,259 @@ class Session:
             pm = pm[loop_index]
         return pm.apply(self.config), pm.calibrator_config or self.calibrator_config
 
-    def state(self, name: str, branch: int, config: DBCacheConfig,
+    def state(self, name: str, branch: Branch, config: DBCacheConfig,
               calibrator_config: Optional[CalibratorConfig]) -> LoopState:
-        """One state per loop and CFG branch (branch 0 = the first call of a step)."""
+        """One state per loop and branch. ``branch``: 0 = the cond (or only) branch, an int
+        for a branch told apart by the timestep heuristic, a str for a named branch. While
+        the call in progress is ``unsure``, a scratch state no later call sees (no reference:
+        the middle computes, and what it stores is dropped)."""
+        if self.unsure is not None:
+            return LoopState(f"{name} [unsure]", config, calibrator_config)
         key = (name, branch)
         if key not in self.states:
-            label = name if branch == 0 else f"{name} [cfg branch {branch}]"
-            partner = self.states.get((name, 0)) if branch else None
-            self.states[key] = LoopState(label, config, calibrator_config, partner=partner)
+            label = name if branch == 0 else (f"{name} [{branch}]" if isinstance(branch, str)
+                                               else f"{name} [cfg branch {branch}]")
+            partner = self.states.get((name, 0)) if branch != 0 else None
+            st = LoopState(label, config, calibrator_config, partner=partner)
+            st.warn = self.warn_once
+            self.states[key] = st
         return self.states[key]
 
     def refresh(self) -> None:
-        """Start a new generation at the next call."""
+        """Start a new generation at the next call (and forget what the heuristics learnt)."""
         self._pending_reset = True
 
-    def observe_timestep(self, t: Any) -> None:
-        """Track the timestep: a repeat is another CFG branch of the same step; a jump
-        against the schedule's direction is a new generation."""
-        if not (isinstance(t, torch.Tensor) and t.numel()):
+    # -- explicit boundaries ------------------------------------------------------------
+    @contextlib.contextmanager
+    def generation_scope(self, num_inference_steps: Optional[int] = None) -> Iterator["Session"]:
+        """Every call inside is a step of one new generation; the scope's end is a boundary too."""
+        self._pending_reset = True
+        self._scopes.append(num_inference_steps)
+        try:
+            yield self
+        finally:
+            self._scopes.pop()
+            self._pending_reset = True
+
+    @contextlib.contextmanager
+    def branch_scope(self, name: str, step_index: Optional[int] = None) -> Iterator["Session"]:
+        """Calls inside belong to the named branch (diffusers' ``cache_context`` name)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a branch name must be a non-empty str, got {name!r}")
+        prior = self._context
+        self._context = (name, None if step_index is None else int(step_index))
+        try:
+            yield self
+        finally:
+            self._context = prior
+
+    @property
+    def num_inference_steps(self) -> Optional[int]:
+        """Steps of the current generation, when known (pipeline call, ``dcp.generation`` or config)."""
+        scoped = next((n for n in reversed(self._scopes) if n is not None), None)
+        return scoped if scoped is not None else self.config.num_inference_steps
+
+    # -- one transformer call -----------------------------------------------------------
+    def begin_call(self, timestep: Any = None) -> None:
+        """Called once per transformer call, before any piece runs: sets ``branch``, ``step``
+        (the pipeline step, shared by the branches of one step) and ``unsure`` (a reason when
+        the call must compute and leave every state untouched, else None). Nested calls (a
+        runner inside the forward wrapper, or a second graph of the same forward) join the
+        call in progress. State is snapshotted first: ``abort_call`` restores it if the call
+        raises, so a retried call is filed exactly like the first attempt."""
+        if self._depth:
+            self._depth += 1
             return
-        value = float(t.reshape(-1)[0])
+        self._snap = self._snapshot()
+        self._depth = 1
+        self.unsure = None
+        ctx = self._context
+        value = _scalar(timestep)
+        if self._pending_reset:  # refresh(), or a generation scope began or ended
+            self._new_generation()
+            self._run_restart(None)
+        if ctx is not None:
+            branch, boundary = self._named_call(ctx, value)
+        else:
+            branch, boundary = self._heuristic_call(value)
+        if boundary:
+            self._new_generation()
+            self._run_restart(value)
+            if ctx is not None:
+                self._named_ts[ctx[0]] = value
+        elif (ctx is None and not self._scopes and self._lead is not None and branch == self._lead
+              and self._generation_done()):
+            self._new_generation()  # num_inference_steps (config) steps have run
+            self._run_restart(value)
+        if ctx is not None and ctx[1] is not None:  # the pipeline's own step index
+            if self._index_base is None:
+                self._index_base = ctx[1]
+            step = ctx[1] - self._index_base
+            self.steps = max(self.steps, step + 1)
+            self._named_steps[ctx[0]] = ctx[1]
+        else:  # a step begins with each call of the generation's first branch
+            if self._lead is None:
+                self._lead = branch
+            if branch == self._lead or self.steps == 0:
+                self.steps += 1
+            step = self.steps - 1
+        self.branch, self.step = branch, step
+        self.calls += 1
+        if not self.enabled:
+            self.unsure = "disabled"
+
+    def end_call(self) -> None:
+        """The call returned: keep what it changed."""
+        if self._depth:
+            self._depth -= 1
+            if not self._depth:
+                self._snap = None
+
+    def abort_call(self) -> None:
+        """The call raised: put every counter, buffer and record back as before it."""
+        if not self._depth:
+            return
+        self._depth -= 1
+        if not self._depth and self._snap is not None:
+            self._restore(self._snap)
+            self._snap = None
+
+    def _named_call(self, ctx: tuple[str, Optional[int]], value: Optional[float]) -> tuple[Branch, bool]:
+        """A call inside ``cache_context(name)`` / ``dcp.branch``: the branch is the name.
+        A new generation when the same branch comes back with the same or an earlier step
+        index; without a step index and outside a generation scope, when the branch's own
+        timestep repeats or jumps back."""
+        name, index = ctx
+        branch: Branch = 0 if name == "cond" else name
+        if index is not None:
+            last = self._named_steps.get(name)
+            return branch, last is not None and index <= last
+        if self._scopes or value is None:
+            return branch, False
+        last_t = self._named_ts.get(name)
+        self._named_ts[name] = value
+        if last_t is None:
+            return branch, False
+        if abs(value - last_t) <= 1e-6 * max(1.0, abs(value)):  # the branch's timestep did not move
+            if not self.config.detect_new_generation:
+                self.unsure = "ambiguous-generation"
+                self._warn_heuristic(f"branch {name!r} was called twice at timestep {value:g}: these calls compute")
+                return branch, False
+            self._warn_heuristic(f"branch {name!r} was called twice at timestep {value:g}: a new generation "
+                                 "starts (warmup again)")
+            return branch, True
+        direction = 1 if value > last_t else -1
+        if self._direction is None:
+            self._direction = direction
+            return branch, False
+        return branch, direction != self._direction and self.config.detect_new_generation
+
+    def _heuristic_call(self, value: Optional[float]) -> tuple[Branch, bool]:
+        """No named branch: branches and generations from the timestep. Returns (branch, new
+        generation). A call the heuristic cannot place either starts a new generation or is
+        computed (``unsure``), never guessed, and warns once."""
+        mode = self.config.enable_separate_cfg
+        scoped = bool(self._scopes)
+        if value is None:  # no timestep: nothing to tell branches or generations apart by
+            if mode is None:
+                self.unsure = "no-timestep"
+                self._warn_heuristic("this graph has no timestep input, so CFG branches cannot be told apart "
+                                     "(set enable_separate_cfg, or use dcp.compile, which reads the timestep "
+                                     "argument): every call computes")
+            elif not scoped and self.config.num_inference_steps is None:
+                self.unsure = "no-boundary"
+                self._warn_heuristic("this graph has no timestep input and no generation boundary is known, so a "
+                                     "new prompt cannot be told from the next step: every call computes")
+            return self._parity_or_zero(mode), False
         last = self._last_timestep
         self._last_timestep = value
         if last is not None and abs(value - last) <= 1e-6 * max(1.0, abs(value)):
-            self._repeat += 1  # the next CFG call of the same step
-            if self._repeat >= self.MAX_CFG_BRANCHES and self.timestep_branches:
-                self.timestep_branches = False  # a constant timestep says nothing about CFG
-                self.warn(f"the timestep input repeated {self._repeat + 1} times in a row; calls are no longer "
-                          "split into CFG branches by timestep (set enable_separate_cfg to choose)")
-            return
-        self._repeat = 0
-        if last is None or not self.config.detect_new_generation:
-            return
+            r = self._run
+            limit = self._branch_limit(mode)
+            self._run += 1
+            if r < limit:
+                return (r if mode is None else self._parity_or_zero(mode)), False
+            what = (f"the timestep {value:g} repeated {r + 1} times in a row, more than the {limit} "
+                    "call(s) per step seen before")
+            if scoped or not self.config.detect_new_generation:
+                self.unsure = "ambiguous-branch"
+                self._warn_heuristic(what + ": these calls compute")
+                return 0, False
+            # rounded timesteps that collide, or a new generation starting where the last one
+            # ended: either way a new generation is safe (it recomputes, never reuses)
+            self._warn_heuristic(what + ": a new generation starts (warmup again)")
+            return 0, True
+        if last is not None:  # calls past the limit were not branches: they do not raise it
+            self._prev_run = min(self._run, self._branch_limit(mode))
+        self._run = 1
+        if last is None or scoped or not self.config.detect_new_generation:
+            return self._parity_or_zero(mode), False
         direction = 1 if value > last else -1
         if self._direction is None:
             self._direction = direction  # most schedulers count down; Lumina2 counts up
-        elif direction != self._direction:
-            self._pending_reset = True  # the timestep jumped back: a new generation
+            return self._parity_or_zero(mode), False
+        return self._parity_or_zero(mode), direction != self._direction  # jumped back: a new generation
 
-    def _branch(self) -> int:
-        mode = self.config.enable_separate_cfg
-        if mode is None:  # auto: the k-th call with the same timestep is branch k
-            return self._repeat if self.timestep_branches else 0
-        if mode:  # cache-dit's parity rule
+    def _branch_limit(self, mode: Optional[bool]) -> int:
+        """How many calls may share one timestep: the previous step's call count (auto; at
+        most MAX_CFG_BRANCHES in a generation's first step), 2 (parity) or 1 (one branch)."""
+        if mode is None:
+            return self._prev_run if self._prev_run is not None else self.MAX_CFG_BRANCHES
+        return 2 if mode else 1
+
+    def _parity_or_zero(self, mode: Optional[bool]) -> int:
+        if mode:  # cache-dit's parity rule, counted within the generation
             return (self.calls % 2) ^ int(self.config.cfg_compute_first)
         return 0
 
-    def begin_call(self) -> None:
-        """Called once per transformer call, before any piece runs: sets ``branch`` and
-        ``step`` (the pipeline step, shared by the CFG branches of one step)."""
-        branch = self._branch()
-        if self._pending_reset or self._generation_done(branch):
-            self._new_generation()
-            branch = self._branch()
-        if branch == 0 or self.steps == 0:
-            self.steps += 1
-        self.branch, self.step = branch, self.steps - 1
-        self.calls += 1
+    def _run_restart(self, value: Optional[float]) -> None:
+        self._last_timestep = value
+        self._run = 1 if value is not None else 0
+        self._prev_run = None
+        self._direction = None
 
-    def _generation_done(self, branch: int) -> bool:
-        """Have ``num_inference_steps`` pipeline steps run (CFG branches of a step count once)?"""
+    def _warn_heuristic(self, what: str) -> None:
+        self.warn_once(key="heuristic", msg=f"{what}. The timestep heuristic cannot decide this boundary; use "
+                       "dcp.enable_cache(pipe), `with dcp.generation(module):` and `with dcp.branch(module, "
+                       "'uncond'):`, or set enable_separate_cfg / num_inference_steps")
+
+    def _generation_done(self) -> bool:
+        """Have ``num_inference_steps`` (config) pipeline steps run?"""
         n = self.config.num_inference_steps
         if n is None:
             return False
         if self.config.enable_separate_cfg:  # parity mode: exactly two calls per step
             return self.calls >= 2 * n
-        return branch == 0 and self.steps >= n
+        return self.steps >= n
 
     def _new_generation(self) -> None:
         self._pending_reset = False
-        self._direction = None
         if self.calls:
             self.generation += 1
             for s in self.states.values():
                 s.new_generation()
         self.calls = self.steps = 0
+        self._lead = None
+        self._index_base = None
+        self._named_steps = {}
+        self._named_ts = {}
+
+    # -- snapshot / restore ---------------------------------------------------------------
+    _SCALARS = ("calls", "steps", "branch", "step", "generation", "_last_timestep", "_direction", "_run",
+                "_prev_run", "_pending_reset", "_lead", "_index_base", "unsure")
+
+    def _snapshot(self) -> tuple:
+        return ({k: getattr(self, k) for k in self._SCALARS}, dict(self._named_steps), dict(self._named_ts),
+                dict(self.states), {k: s.snapshot() for k, s in self.states.items()})
+
+    def _restore(self, snap: tuple) -> None:
+        scalars, named, named_ts, states, loop_snaps = snap
+        for k, v in scalars.items():
+            setattr(self, k, v)
+        self._named_steps, self._named_ts = named, named_ts
+        self.states = states
+        for k, s in states.items():
+            s.restore(loop_snaps[k])
 
     # -- reporting ----------------------------------------------------------------------
     def no_loop(self, report: GraphReport) -> None:
@@ -212,6 +421,15 @@ class Session:
         log.debug("dit_cachepass stage failure", exc_info=err)
         warnings.warn(f"dit_cachepass: {err}; {consequence}. Please report it with the model class.",
                       stacklevel=4)
+
+    def warn_once(self, msg: str, key: Optional[str] = None) -> None:
+        """Warn once per session and ``key`` (default: the message). Never raises, not even
+        with strict=True: these warnings are about state, not about what can be cached."""
+        key = msg if key is None else key
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(f"dit_cachepass: {msg}", stacklevel=4)
 
     def warn(self, msg: str) -> None:
         if self.strict:

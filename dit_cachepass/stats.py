@@ -14,7 +14,7 @@ from .runtime.state import StepRecord
 class LoopSummary:
     name: str
     steps: list[StepRecord]  # current (or last finished) generation
-    generations: int
+    generations: int  # generations this loop and branch ran in (history keeps the last few)
     piece_flops: dict = field(default_factory=dict)  # None (middle) or block id -> FLOPs of one run
 
     @property
@@ -71,7 +71,7 @@ class Summary:
         loops = []
         for (name, _branch), s in session.states.items():
             steps = s.records if s.records or not s.history else s.history[-1]
-            loops.append(LoopSummary(s.name, list(steps), len(s.history) + (1 if s.records else 0),
+            loops.append(LoopSummary(s.name, list(steps), s.finished + (1 if s.records else 0),
                                      middle.get(name, {})))
         first = next(iter(session.states), (None, 0))[0]
         calls = sum(len(l.steps) for (name, _), l in zip(session.states, loops) if name == first)

@@ -43,9 +43,13 @@ def test_zero_threshold_never_caches_and_no_reference_computes():
     assert decide(DBCacheConfig(max_warmup_steps=0), has_ref=False).reason == "no-reference"
 
 
-def test_threshold_at_least_one_caches_without_diff():
+def test_threshold_at_least_one_caches_but_reads_the_diff():
+    """Issue 12: the diff is read (and must be finite) at any threshold."""
     d = decide(DBCacheConfig(max_warmup_steps=0, residual_diff_threshold=1.0), diff=5.0)
-    assert d.cache and d.diff is None
+    assert d.cache and d.reason == "threshold>=1" and d.diff == 5.0
+    for bad in (math.nan, math.inf):
+        d = decide(DBCacheConfig(max_warmup_steps=0, residual_diff_threshold=1.0), diff=bad)
+        assert not d.cache and d.reason == "non-finite-diff"
 
 
 def test_mask_static_and_dynamic():

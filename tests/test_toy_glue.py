@@ -95,12 +95,14 @@ def test_no_loop_warns_and_runs_uncached_or_raises_in_strict():
         run(strict, [0])
 
 
-def test_graph_break_inside_loop_is_explained_and_runs_uncached():
+def test_graph_break_inside_loop_is_explained_and_runs_uncached_on_the_graph_path():
+    """Forced onto the graph path (path="graph"), a loop broken by a graph break runs uncached and
+    says so; the default path="auto" caches it at the block level (tests/test_block_path.py)."""
     ref, m = twin(item_break=True)
     rep = dcp.explain(m, **toy_inputs(0), cache_config=dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1))
-    assert not rep.cached
-    assert "graph break" in str(rep) and "toy_models.py" in str(rep), str(rep)
-    dcp.compile(m, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1), backend="eager")
+    assert rep.cached and rep.path == "block", str(rep)
+    assert "graph path" in str(rep), str(rep)
+    dcp.compile(m, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1), backend="eager", path="graph")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         outs = run(m, range(2))

@@ -22,7 +22,9 @@ class Decision:
 
 class DBCachePolicy:
     """Rules, in order: warmup, steps mask, max cached, max continuous, accumulated diff,
-    threshold <= 0, no reference yet, then ``diff < threshold`` (strict, as cache-dit)."""
+    threshold <= 0, no reference yet, then ``diff < threshold`` (strict, as cache-dit).
+    Caching always reads the diff first: a NaN/inf diff computes at any threshold, also where
+    cache-dit caches without looking (threshold >= 1, static mask)."""
 
     def __init__(self, config: DBCacheConfig):
         self.config = config
@@ -44,7 +46,9 @@ class DBCachePolicy:
             if step < len(mask) and mask[step] == 1:
                 return Decision(False, "mask")
             if c.steps_computation_policy == "static":
-                return Decision(has_reference, "mask-static" if has_reference else "no-reference")
+                if not has_reference:
+                    return Decision(False, "no-reference")
+                return self._finite(diff_fn(), True, "mask-static")
         if c.max_cached_steps >= 0 and n_cached >= c.max_cached_steps:
             return Decision(False, "max_cached_steps")
         if c.max_continuous_cached_steps >= 0 and continuous >= c.max_continuous_cached_steps:
@@ -57,9 +61,13 @@ class DBCachePolicy:
             return Decision(False, "threshold<=0")
         if not has_reference:
             return Decision(False, "no-reference")
-        if t >= 1.0:
-            return Decision(True, "threshold>=1")
         diff = diff_fn()
+        if t >= 1.0:
+            return self._finite(diff, True, "threshold>=1")
+        return self._finite(diff, diff < t, "diff<threshold" if diff < t else "diff>=threshold")
+
+    @staticmethod
+    def _finite(diff: float, cache: bool, reason: str) -> Decision:
         if not math.isfinite(diff):
             return Decision(False, "non-finite-diff", diff)
-        return Decision(diff < t, "diff<threshold" if diff < t else "diff>=threshold", diff)
+        return Decision(cache, reason, diff)

@@ -6,8 +6,9 @@ graph (new shapes) finds the same state and its shape checks force a full comput
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -51,8 +52,12 @@ class LoopState:
     continuous: int = 0
     accumulated: float = 0.0
     records: list[StepRecord] = field(default_factory=list)
-    history: list[list[StepRecord]] = field(default_factory=list)  # finished generations
+    history: list[list[StepRecord]] = field(default_factory=list)  # the last finished generations
     never_cache: Optional[str] = None  # set when the loop cannot be cached safely
+    finished: int = 0  # finished generations with at least one record (history keeps MAX_HISTORY)
+    warn: Optional[Callable[..., None]] = None  # the session's warn_once(msg, key)
+
+    MAX_HISTORY = 4
 
     def __post_init__(self) -> None:
         self.policy = DBCachePolicy(self.config)
@@ -66,6 +71,8 @@ class LoopState:
         """Forget every buffer and counter (cache-dit keeps some; see docs/differences.md)."""
         if self.records:
             self.history.append(self.records)
+            del self.history[:-self.MAX_HISTORY]
+            self.finished += 1
         self.records = []
         self.continuous, self.accumulated = 0, 0.0
         self.buffers = {}
@@ -136,4 +143,40 @@ class LoopState:
 
     def store(self, key: Optional[int], reference: torch.Tensor, residuals: list[torch.Tensor],
               values: list[object]) -> None:
+        """Keep a computed step's reference and residuals, unless any is non-finite: a NaN kept
+        here would make later clean steps return NaN. Then the piece has no reference and its
+        next call computes (one host sync per computed step)."""
+        tensors = [reference, *residuals]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else True
+        if not bool(finite):
+            self.buffers.pop(key, None)
+            if self.warn is not None:
+                self.warn(f"loop {self.name}: a computed step produced non-finite values (NaN/inf); its "
+                          "residuals are not kept, so no later step reuses them", "non-finite")
+            return
         self.buffers[key] = Buffer(reference, residuals, values)
+
+    # -- snapshot / restore (a call that raises leaves the state as before it) ------------
+    def snapshot(self) -> tuple:
+        last = copy.copy(self.records[-1]) if self.records else None
+        if last is not None:
+            last.skipped, last.diffs = list(last.skipped), list(last.diffs)
+        return (self.step, self.generation, self.finished, dict(self.buffers), self.continuous, self.accumulated,
+                list(self.records), last, list(self.history), _copy_calibrator(self.calibrator), self.never_cache)
+
+    def restore(self, snap: tuple) -> None:
+        (self.step, self.generation, self.finished, self.buffers, self.continuous, self.accumulated,
+         self.records, last, self.history, self.calibrator, self.never_cache) = snap
+        if last is not None:
+            self.records[-1] = last
+
+
+def _copy_calibrator(cal: Optional[Calibrator]) -> Optional[Calibrator]:
+    """A copy whose per-stream containers are new (the tensors are never updated in place)."""
+    if cal is None:
+        return None
+    new = copy.copy(cal)
+    for k, v in vars(cal).items():
+        if isinstance(v, dict):
+            setattr(new, k, {s: list(x) if isinstance(x, list) else x for s, x in v.items()})
+    return new

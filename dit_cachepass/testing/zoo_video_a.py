@@ -377,3 +377,37 @@ _entry("joyimageplus", "JoyImageEditPlusTransformer3DModel", JOYIMAGEPLUS, _joyi
        notes="hidden_states are pre-patchified packed patches (B, N, C, pt, ph, pw): target patches (drifting) then "
              "reference-image patches (constant); shape_list (python) gives each item's patch grid for the RoPE; the "
              "text mask builds a boolean attention mask")
+
+
+# --- Kandinsky 5 (T2V, visual_cond): 1 text-encoder block + 4 visual (decoder) blocks; channels-last latents,
+# 2 frames of 8x8, patch (1, 2, 2) -> 32 visual tokens
+KANDINSKY5 = dict(in_visual_dim=4, in_text_dim=32, in_text_dim2=16, time_dim=32, out_visual_dim=4, patch_size=(1, 2, 2),
+                  model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=4, axes_dims=(4, 6, 6),
+                  visual_cond=True, attention_type="regular")
+
+
+def _kandinsky5_inputs(drift, span):
+    def inputs(step: int, num_steps: int = 10, noise_scale: float = 1.0) -> dict:
+        latents = _latent((BATCH, 2, 8, 8, 4), step, num_steps, noise_scale, drift)  # B, F, H, W, C
+        # T2V with visual_cond: the pipeline appends all-zero condition latents and an all-zero mask channel
+        return dict(
+            hidden_states=torch.cat([latents, torch.zeros(BATCH, 2, 8, 8, 5)], dim=-1),
+            encoder_hidden_states=_text((BATCH, TEXT_LEN, 32)),  # Qwen2.5-VL embeddings
+            pooled_projections=_text((BATCH, 16), seed=2),  # CLIP pooled embedding
+            timestep=_t(step, num_steps, noise_scale, 1000.0, span),  # raw scheduler timesteps
+            visual_rope_pos=[torch.arange(2), torch.arange(4), torch.arange(4)],
+            text_rope_pos=torch.arange(TEXT_LEN),
+            scale_factor=(1, 2, 2),
+            sparse_params=None,  # attention_type="regular"
+        )
+    return inputs
+
+
+_entry("kandinsky5", "Kandinsky5Transformer3DModel", KANDINSKY5, _kandinsky5_inputs, ["visual_transformer_blocks"],
+       {"visual_transformer_blocks": 3}, drift=1.0, t_span=10.0, perturb_zero_init=True,
+       measured=(0.084, 0.08, 0.081, 0.08, 0.073, 0.07, 0.073, 0.066, 0.063), output_shape=(BATCH, 2, 8, 8, 4),
+       coverage_only=True,
+       notes="forward(return_dict=False) returns the BARE sample tensor (not a tuple); channels-last latents "
+             "(B, F, H, W, C) + zero visual_cond channels (2C+1 in, C out); Kandinsky5Modulation zero-inits all "
+             "modulation (blocks are identities without perturb_zero_init); rope positions passed as index tensors; "
+             "1-block text_transformer_blocks list (text encoder) runs before the visual loop")

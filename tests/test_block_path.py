@@ -1,0 +1,97 @@
+"""The block path: loops that no single dynamo graph holds are cached at the block-list level
+with the graph path's runtime, state and policies; on models both paths serve, decisions and
+outputs are identical. Inputs vary slowly (the zoo's tuned drift, toy_inputs 1 % a step);
+thresholds are set from measured diffs so that both cached and computed steps occur."""
+
+import statistics
+
+import pytest
+import torch
+
+import dit_cachepass as dcp
+from dit_cachepass.testing.zoo import ZOO
+from reference_dbcache import ReferenceDBCache
+from toy_models import ToyDiT, toy_inputs
+
+STEPS = 8
+
+
+def toy(**kw):
+    torch.manual_seed(0)
+    return ToyDiT(**kw).eval()
+
+
+def run_toy(model, steps=STEPS):
+    with torch.no_grad():
+        return [model(**toy_inputs(s)) for s in range(steps)]
+
+
+def run_zoo(model, e, steps=STEPS):
+    with torch.no_grad():
+        return [model(**e.inputs(s, steps, 1.0), return_dict=False)[0] for s in range(steps)]
+
+
+def test_a_graph_break_in_every_block_is_cached_at_the_block_level_like_the_reference():
+    """The first three calls probe (graph path, capture-flag retry, block trace) and compute:
+    with 3 warmup steps the reference computes them too."""
+    probe_model = toy(item_break=True)
+    probe = ReferenceDBCache(probe_model, "blocks", 3, 1, 1, 1e-9, 3)
+    run_toy(probe_model)
+    thr = statistics.median(probe.diffs) * 1.01
+    ref_model = toy(item_break=True)
+    ref = ReferenceDBCache(ref_model, "blocks", 3, 1, 1, thr, 3)
+    expected = run_toy(ref_model)
+    m = dcp.compile(toy(item_break=True), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
+                                                            residual_diff_threshold=thr, max_warmup_steps=3),
+                    backend="eager", strict=True)
+    got = run_toy(m)
+    assert m._dit_cachepass.paths.name == "block"
+    assert 0 < len(ref.cached_steps) < STEPS - 3, ref.diffs
+    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def _decisions(model, kind, path, thr):
+    cls = dcp.DBPruneConfig if kind == "DBPrune" else dcp.DBCacheConfig
+    cal = dcp.TaylorSeerCalibratorConfig(taylorseer_order=1) if kind == "TaylorSeer" else None
+    cfg = cls(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=thr, max_warmup_steps=2)
+    if model == "flux":
+        e = ZOO["flux"]
+        m = dcp.compile(e.build(), cfg, calibrator_config=cal, backend="eager", path=path, strict=True)
+        outs = run_zoo(m, e)
+    else:
+        m = dcp.compile(toy(glue="control"), cfg, calibrator_config=cal, backend="eager", path=path, strict=True)
+        outs = run_toy(m)
+    loop = dcp.summary(m).loops[0]
+    # step 0 is the block path's traced call: computed, not a loop step there
+    steps = [(r.step, r.cached, tuple(r.skipped)) for r in loop.steps if r.step >= 1]
+    diffs = [d for r in loop.steps for d in (r.diffs or [r.diff]) if d is not None]
+    return outs, loop.name, steps, diffs
+
+
+@pytest.mark.parametrize("kind", ["DBCache", "DBPrune", "TaylorSeer"])
+@pytest.mark.parametrize("model", ["flux", "toy-control"])
+def test_both_paths_take_identical_decisions(model, kind):
+    """Glue inside the loop (a control hint after blocks 2 and 4) is skipped with the middle on
+    both paths; FLUX chains its two lists on both. Threshold: the median measured diff."""
+    thr = statistics.median(_decisions(model, kind, "graph", 1e-9)[3]) * 1.01
+    go, gname, gsteps, _ = _decisions(model, kind, "graph", thr)
+    bo, bname, bsteps, _ = _decisions(model, kind, "block", thr)
+    assert gname == bname and gsteps == bsteps
+    assert any(c for _, c, _ in gsteps), "nothing cached: the comparison would prove little"
+    for a, b in zip(go[1:], bo[1:]):  # step 0 is the block path's traced (computed) call
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_block_path_is_bit_equal_at_threshold_zero_and_disable_restores_the_blocks():
+    m = toy(item_break=True)
+    forwards = [b.__dict__.get("forward") for b in m.blocks]
+    ref = run_toy(toy(item_break=True), 4)
+    dcp.compile(m, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.0),
+                backend="eager")
+    for a, b in zip(ref, run_toy(m, 4)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert all("forward" in b.__dict__ for b in m.blocks)
+    dcp.disable(m)
+    assert [b.__dict__.get("forward") for b in m.blocks] == forwards

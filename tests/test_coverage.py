@@ -1,0 +1,25 @@
+"""The coverage matrix: every diffusers transformer class in the zoo is cached (threshold 0
+equals eager, threshold 0.5 takes cached steps on the zoo's slowly varying inputs), or fails
+with the reason its entry states. Also the path each class takes when it matters."""
+
+import pytest
+
+from dit_cachepass.coverage import check
+from dit_cachepass.testing.zoo import ZOO
+
+# classes whose loop no single dynamo graph holds: the path that caches them
+PATHS = {"hidream": "block", "hunyuanvideo15": "block",
+         "framepack": "graph (scalar/dynamic-output capture)", "mochi": "graph (scalar/dynamic-output capture)"}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_class_is_cached_or_says_why(name):
+    e = ZOO[name]
+    row = check(e)
+    if e.uncached_reason:
+        assert not row.cached and e.uncached_reason in row.status, row
+    else:
+        assert row.exact, row
+        assert row.cached, row
+    if name in PATHS:
+        assert row.path == PATHS[name], row

@@ -1,0 +1,266 @@
+"""Issue 12: cache state a user can trust (transformer-only use, tiny toy model, eager).
+
+Each test is a case that gave a silent wrong output before: a generation or CFG branch the
+timestep heuristic guessed wrong, a call that raised, a NaN kept as a reference."""
+
+import gc
+import warnings
+import weakref
+
+import pytest
+import torch
+
+import dit_cachepass as dcp
+from toy_models import ToyDiT, toy_inputs
+
+CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
+
+
+def model(**cfg):
+    torch.manual_seed(0)
+    return dcp.compile(ToyDiT().eval(), dcp.DBCacheConfig(**{**CFG, **cfg}), backend="eager")
+
+
+def plain():
+    torch.manual_seed(0)
+    return ToyDiT().eval()
+
+
+def x_at(t, seed=0, scale=1.0, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(batch, 16, 8, generator=g) * scale, timestep=torch.full((batch,), float(t)))
+
+
+def run(m, calls):
+    with torch.no_grad():
+        return [m(**x) for x in calls]
+
+
+def branch_x(t, branch, seed=0):
+    x = x_at(t, seed)
+    if branch:
+        x["hidden_states"] = x["hidden_states"] * 0.5 + 0.3
+    return x
+
+
+def assert_same(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_repeated_one_step_generations_at_one_timestep_never_reuse_an_old_prompt():
+    """Distilled one-step models: every call is a new generation at the same timestep."""
+    m, ref = model(max_warmup_steps=0, residual_diff_threshold=1.0), plain()
+    calls = [x_at(999, seed=s) for s in range(7)]
+    with pytest.warns(UserWarning, match="timestep heuristic cannot decide"):
+        outs = run(m, calls)
+    for o, x in zip(outs, calls):
+        assert_same(o, run(ref, [x])[0])
+
+
+def test_generation_starting_at_the_previous_last_timestep_is_a_new_generation():
+    m, fresh = model(residual_diff_threshold=1.0), model(residual_diff_threshold=1.0)
+    first = [x_at(1000 - 50 * s, seed=0, scale=1 + 0.01 * s) for s in range(5)]   # ends at 800
+    second = [x_at(800 - 50 * s, seed=7, scale=1 + 0.01 * s) for s in range(4)]   # starts at 800
+    with pytest.warns(UserWarning, match="timestep heuristic cannot decide"):
+        run(m, first)
+        outs = run(m, second)
+    for a, b in zip(outs, run(fresh, second)):
+        assert_same(a, b)
+    assert dcp.summary(m).cached_steps == dcp.summary(fresh).cached_steps != []
+
+
+def test_img2img_lower_first_timestep_with_an_explicit_generation():
+    """A run starting below the last one's final timestep cannot be seen in the timesteps;
+    dcp.generation marks it (enable_cache(pipe) does the same per pipeline call)."""
+    m, fresh = model(residual_diff_threshold=1.0), model(residual_diff_threshold=1.0)
+    first = [x_at(1000 - 100 * s, seed=0, scale=1 + 0.01 * s) for s in range(5)]   # ends at 600
+    second = [x_at(500 - 50 * s, seed=3, scale=1 + 0.01 * s) for s in range(4)]    # starts below
+    with dcp.generation(m, num_inference_steps=5):
+        run(m, first)
+    with dcp.generation(m, num_inference_steps=4):
+        outs = run(m, second)
+    with dcp.generation(fresh):
+        refs = run(fresh, second)
+    for a, b in zip(outs, refs):
+        assert_same(a, b)
+    s = dcp.summary(m)
+    assert s.loops[0].generations == 2 and s.cached_steps == dcp.summary(fresh).cached_steps != []
+
+
+def _independent(branch, ts):
+    """One branch alone on a fresh model, as one named branch of one generation."""
+    m = model()
+    with dcp.generation(m), dcp.branch(m, "cond"):
+        return run(m, [branch_x(t, branch) for t in ts])
+
+
+def test_bf16_colliding_timesteps_with_explicit_branches():
+    """HunyuanVideo-style bf16 timesteps: 1000, 1000, 996, 996, 996 ... collide across steps;
+    named branches keep cond and uncond apart whatever the timesteps do."""
+    ts = [1000.0, 1000.0, 996.0, 996.0, 996.0, 992.0, 992.0, 988.0]
+    m = model()
+    outs = {0: [], 1: []}
+    with dcp.generation(m, num_inference_steps=len(ts)), torch.no_grad():
+        for t in ts:
+            for br, name in ((0, "cond"), (1, "uncond")):
+                with dcp.branch(m, name):
+                    outs[br].append(m(**branch_x(t, br)))
+    for br in (0, 1):
+        for a, b in zip(outs[br], _independent(br, ts)):
+            assert_same(a, b)
+    loops = dcp.summary(m).loops
+    assert [l.name for l in loops] == ["blocks", "blocks [uncond]"]
+    assert all(l.cached_steps for l in loops)
+    assert [r.step for r in loops[1].steps] == list(range(len(ts)))
+
+
+def test_colliding_timesteps_without_names_compute_instead_of_guessing():
+    """Heuristic only, inside a known generation: a step whose calls outnumber the branches
+    computes (never applies a residual of the other branch) and warns."""
+    ts = [1000.0, 996.0, 996.0, 992.0]  # the steps' timesteps; two calls (cond, uncond) each
+    m, ref = model(max_warmup_steps=0, residual_diff_threshold=1.0), plain()
+    calls = [branch_x(t, br) for t in ts for br in (0, 1)]
+    with dcp.generation(m), pytest.warns(UserWarning, match="these calls compute"):
+        outs = run(m, calls)
+    for k in (4, 5):  # the 2nd pair at 996: cannot be placed, computed
+        assert_same(outs[k], run(ref, [calls[k]])[0])
+
+
+@pytest.mark.parametrize("mode", [None, True])
+def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode):
+    steps = range(6)
+    m = model(enable_separate_cfg=mode)
+    with torch.no_grad():
+        m(**branch_x(1000, 0))  # compile, then start over
+    dcp.refresh(m)
+    runner = m._dit_cachepass.runners[0]
+    k = max(i for i, p in enumerate(runner.prog.pieces) if p.kind != "middle")
+    real, fail = runner.fns[k], {"armed": False}
+
+    def flaky(*args):
+        if fail["armed"]:
+            fail["armed"] = False
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args)
+
+    runner.fns[k] = flaky
+    outs = {0: [], 1: []}
+    with torch.no_grad():
+        for s in steps:
+            for br in (0, 1):
+                x = branch_x(1000 - 50 * s, br)
+                if s == 3 and br == 0:
+                    fail["armed"] = True
+                    with pytest.raises(RuntimeError, match="simulated"):
+                        m(**x)
+                outs[br].append(m(**x))
+    ts = [1000 - 50 * s for s in steps]
+    for br in (0, 1):
+        for a, b in zip(outs[br], _independent(br, ts)):
+            assert_same(a, b)
+    loops = dcp.summary(m).loops
+    assert [len(l.steps) for l in loops] == [6, 6] and loops[0].cached_steps
+
+
+def test_nan_at_threshold_one_never_poisons_later_steps():
+    m, ref = model(residual_diff_threshold=1.0, max_warmup_steps=2), plain()
+    xs = [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)]
+    xs[1]["hidden_states"][0, 0, 0] = float("nan")  # a computed (warmup) step produces NaN
+    with pytest.warns(UserWarning, match="non-finite"):
+        outs = run(m, xs)
+    assert torch.isfinite(outs[2]).all()
+    assert_same(outs[2], run(ref, [xs[2]])[0])  # no reference kept from step 1: computed
+    steps = dcp.summary(m).loops[0].steps
+    assert [r.reason for r in steps[:3]] == ["warmup", "warmup", "no-reference"]
+    assert steps[3].cached and all(torch.isfinite(o).all() for o in outs[2:])
+    # a NaN diff computes at threshold >= 1 (it used to cache without reading the diff)
+    bad = x_at(1000 - 50 * 5, scale=1.05)
+    bad["hidden_states"][1, 2, 3] = float("nan")
+    run(m, [bad])
+    assert dcp.summary(m).loops[0].steps[-1].reason == "non-finite-diff"
+
+
+def test_refresh_brings_branch_splitting_back_after_the_heuristic_gave_up():
+    m = model()
+    with pytest.warns(UserWarning, match="timestep heuristic cannot decide"):
+        run(m, [x_at(1000)] * 9)  # a constant timestep: not CFG
+    dcp.refresh(m)
+    ts = [1000 - 50 * s for s in range(6)]
+    outs = run(m, [branch_x(t, br) for t in ts for br in (0, 1)])
+    for br in (0, 1):
+        for a, b in zip(outs[br::2], _independent(br, ts)):
+            assert_same(a, b)
+    loops = {l.name: l for l in dcp.summary(m).loops}
+    assert [r.step for r in loops["blocks [cfg branch 1]"].steps] == list(range(6))
+    assert loops["blocks"].cached_steps
+
+
+def test_history_is_bounded_and_memory_stays_flat_over_1000_generations():
+    import psutil
+    import tracemalloc
+
+    m = model(max_warmup_steps=0, residual_diff_threshold=1.0)
+    calls = [toy_inputs(s, batch=1, tokens=4) for s in range(2)]
+
+    def generations(n):
+        with torch.no_grad():
+            for _ in range(n):
+                with dcp.generation(m):
+                    m(**calls[0])
+                    m(**calls[1])
+
+    generations(50)
+    gc.collect()
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
+    tracemalloc.start()
+    try:
+        heap0 = tracemalloc.get_traced_memory()[0]
+        generations(1000)
+        gc.collect()
+        heap1 = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    rss1 = proc.memory_info().rss
+    st = next(iter(m._dit_cachepass.states.values()))
+    assert len(st.history) <= st.MAX_HISTORY and st.finished >= 1000
+    assert dcp.summary(m).loops[0].generations == st.finished + 1
+    assert heap1 - heap0 < 256 * 1024, f"Python heap grew by {heap1 - heap0} bytes"
+    assert rss1 - rss0 < 32 * 2**20, f"RSS grew by {(rss1 - rss0) / 2**20:.1f} MiB"
+
+
+def _backend_compiled(seed, **cfg):
+    torch.manual_seed(seed)
+    return torch.compile(ToyDiT().eval(), backend="dit_cache",
+                         options={"cache_config": dcp.DBCacheConfig(**{**CFG, **cfg}), "backend": "eager"})
+
+
+def test_torch_compile_backend_gives_each_module_its_own_session():
+    """torch compares backend options by value and dynamo caches per code object of the class's
+    forward: two modules with equal options share the compiled runner, never the state."""
+    a, b = _backend_compiled(0), _backend_compiled(1)
+    xs = [toy_inputs(s) for s in range(6)]
+    with torch.no_grad():
+        outs = [(a(**x), b(**x)) for x in xs]
+    fresh_b = _backend_compiled(1)
+    for (_, ob), rb in zip(outs, run(fresh_b, xs)):
+        assert_same(ob, rb)
+    sa, sb = dcp.summary(a), dcp.summary(b)
+    assert sa.cached_steps and sb.cached_steps == dcp.summary(fresh_b).cached_steps
+    assert dcp.api._session(a) is not dcp.api._session(b)
+    dcp.refresh(b)
+    dcp.disable(b)  # stays compiled, computes every step from now on
+    torch.manual_seed(1)
+    plain_b = ToyDiT().eval()
+    assert_same(run(b, [xs[3]])[0], run(plain_b, [xs[3]])[0])
+
+
+def test_cache_state_dies_with_its_module():
+    t = _backend_compiled(0)
+    run(t, [toy_inputs(s) for s in range(4)])
+    session = dcp.api._session(t)
+    res = weakref.ref(next(iter(session.states.values())).buffers[None].residuals[0])
+    sref = weakref.ref(session)
+    del t, session
+    gc.collect()
+    assert res() is None and sref() is None
