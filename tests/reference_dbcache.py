@@ -96,6 +96,21 @@ class ReferenceDBCache:
         return self._result(h, e)
 
 
+
+def reference_at_median(build, run, list_name: str, pattern: int, F: int, B: int, warmup: int):
+    """The reference run at a threshold set to the median diff it measures on a probe run
+    (so both cached and computed steps occur): returns (threshold, reference, outputs).
+    ``build()`` gives a fresh model, ``run(model)`` the outputs of one generation."""
+    import statistics
+
+    probe_model = build()
+    probe = ReferenceDBCache(probe_model, list_name, pattern, F, B, 1e-9, warmup)
+    run(probe_model)
+    threshold = statistics.median(probe.diffs) * 1.01
+    model = build()
+    ref = ReferenceDBCache(model, list_name, pattern, F, B, threshold, warmup)
+    return threshold, ref, run(model)
+
 class ReferenceDBPrune(ReferenceDBCache):
     """Plain DBPrune: every block outside the first F / last B decides on its own input's
     relative L1 change since its last computed call (no limits, static threshold)."""

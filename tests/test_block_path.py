@@ -10,7 +10,7 @@ import torch
 
 import dit_cachepass as dcp
 from dit_cachepass.testing.zoo import ZOO
-from reference_dbcache import ReferenceDBCache
+from reference_dbcache import reference_at_median
 from toy_models import ToyDiT, toy_inputs
 
 STEPS = 8
@@ -34,13 +34,7 @@ def run_zoo(model, e, steps=STEPS):
 def test_a_graph_break_in_every_block_is_cached_at_the_block_level_like_the_reference():
     """The first three calls probe (graph path, capture-flag retry, block trace) and compute:
     with 3 warmup steps the reference computes them too."""
-    probe_model = toy(item_break=True)
-    probe = ReferenceDBCache(probe_model, "blocks", 3, 1, 1, 1e-9, 3)
-    run_toy(probe_model)
-    thr = statistics.median(probe.diffs) * 1.01
-    ref_model = toy(item_break=True)
-    ref = ReferenceDBCache(ref_model, "blocks", 3, 1, 1, thr, 3)
-    expected = run_toy(ref_model)
+    thr, ref, expected = reference_at_median(lambda: toy(item_break=True), run_toy, "blocks", 3, 1, 1, 3)
     m = dcp.compile(toy(item_break=True), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
                                                             residual_diff_threshold=thr, max_warmup_steps=3),
                     backend="eager", strict=True)

@@ -12,7 +12,11 @@ PATHS = {"hidream": "block", "hunyuanvideo15": "block",
          "framepack": "graph (scalar/dynamic-output capture)", "mochi": "graph (scalar/dynamic-output capture)"}
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+# the hand-tuned entries get deeper checks (reference decisions) in tests/test_models.py
+COVERAGE = sorted(n for n in ZOO if ZOO[n].coverage_only)
+
+
+@pytest.mark.parametrize("name", COVERAGE)
 def test_class_is_cached_or_says_why(name):
     e = ZOO[name]
     row = check(e)

@@ -3,15 +3,13 @@ the regions its ops were in, so threshold 0 is bit-equal to eager and cached ste
 independent reference. Inputs vary slowly (toy_inputs: 1 % per step), thresholds are set
 from the reference's own measured diffs."""
 
-import statistics
-
 import pytest
 import torch
 from torch import nn
 
 import dit_cachepass as dcp
 from dit_cachepass.regions import RegionError, find_regions
-from reference_dbcache import ReferenceDBCache
+from reference_dbcache import reference_at_median
 from toy_models import toy_inputs
 
 
@@ -96,13 +94,7 @@ def test_threshold_zero_is_bit_equal(region, backend):
 
 @pytest.mark.parametrize("region", REGIONS)
 def test_cached_steps_equal_the_reference(region):
-    probe_model = build(region)
-    probe = ReferenceDBCache(probe_model, "blocks", 3, 1, 1, 1e-9, 1)
-    run(probe_model)
-    thr = statistics.median(probe.diffs) * 1.01
-    ref_model = build(region)
-    ref = ReferenceDBCache(ref_model, "blocks", 3, 1, 1, thr, 1)
-    expected = run(ref_model)
+    thr, ref, expected = reference_at_median(lambda: build(region), run, "blocks", 3, 1, 1, 1)
     m = dcp.compile(build(region), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
                                                      residual_diff_threshold=thr, max_warmup_steps=1),
                     backend="eager", strict=True)

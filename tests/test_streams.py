@@ -3,15 +3,13 @@ lists, 2-block lists whose last block lost its dead outputs, and chains of short
 (1 double + 1 single) are cached. Inputs vary slowly (the zoo's tuned drift; toy_inputs 1 % a
 step); cached-step tests set the threshold from the reference's own measured diffs."""
 
-import statistics
-
 import pytest
 import torch
 from torch import nn
 
 import dit_cachepass as dcp
 from dit_cachepass.testing import zoo
-from reference_dbcache import ReferenceDBCache
+from reference_dbcache import reference_at_median
 from toy_models import toy_inputs
 
 STEPS = 6
@@ -62,13 +60,8 @@ def test_flux_double_and_single_lists_chain_for_any_length(double, single):
 def test_two_block_lists_cache_like_the_reference(dual):
     """SD3 with 2 blocks: the last (context_pre_only) block lost its encoder output to DCE."""
     inputs = zoo.ZOO["sd3"].inputs
-    probe_model = sd3(2, dual)
-    probe = ReferenceDBCache(probe_model, "transformer_blocks", 1, 1, 0, 1e-9, 1)
-    run(probe_model, inputs)
-    thr = statistics.median(probe.diffs) * 1.01
-    ref_model = sd3(2, dual)
-    ref = ReferenceDBCache(ref_model, "transformer_blocks", 1, 1, 0, thr, 1)
-    expected = run(ref_model, inputs)
+    thr, ref, expected = reference_at_median(lambda: sd3(2, dual), lambda m: run(m, inputs),
+                                             "transformer_blocks", 1, 1, 0, 1)
     m = dcp.compile(sd3(2, dual), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
                                                     residual_diff_threshold=thr, max_warmup_steps=1),
                     backend="eager", strict=True)
@@ -145,13 +138,7 @@ def test_heterogeneous_lists_are_traced_and_cached_like_the_reference(kind):
     rep = dcp.explain(hetero(kind), **toy_inputs(0), cache_config=dcp.DBCacheConfig(Fn_compute_blocks=1))
     assert [l.name for l in rep.loops] == ["blocks"] and rep.loops[0].streams == 2, str(rep)
     assert rep.loops[0].pattern == 1
-    probe_model = hetero(kind)
-    probe = ReferenceDBCache(probe_model, "blocks", 1, 1, 1, 1e-9, 1)
-    _toy_run(probe_model)
-    thr = statistics.median(probe.diffs) * 1.01
-    ref_model = hetero(kind)
-    ref = ReferenceDBCache(ref_model, "blocks", 1, 1, 1, thr, 1)
-    expected = _toy_run(ref_model)
+    thr, ref, expected = reference_at_median(lambda: hetero(kind), _toy_run, "blocks", 1, 1, 1, 1)
     m = dcp.compile(hetero(kind), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
                                                     residual_diff_threshold=thr, max_warmup_steps=1),
                     backend="eager", strict=True)
