@@ -39,8 +39,8 @@ def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Cal
     """The module's forward on a private copy of its code object.
 
     Dynamo keeps one compile cache per code object, with a recompile limit (8) shared by
-    every instance of the class; past it, it silently runs eager, i.e. uncached. A private
-    code object gives each compiled module its own cache and its own graphs. A diffusers
+    every instance of the class; past it, it runs eager, i.e. uncached (``ModulePaths``
+    warns). A private code object gives each compiled module its own cache and its own graphs. A diffusers
     hook's forward (``functools.partial(new_forward, module)``, e.g. under context
     parallelism) becomes a private ``new_forward`` bound to the module; other instance-level
     forwards are kept.
@@ -86,17 +86,45 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
                       calibrator_config=calibrator_config, params_modifiers=params_modifiers,
                       process_group=decision_group(module, process_group))
     session.previous_forward = module.__dict__.get("forward")
-    forward_fn = _isolated_forward(module, session.previous_forward)
-    compiled = session.paths = ModulePaths(
-        module, session, lambda: _isolated_forward(module, session.previous_forward),
-        lambda fn: torch.compile(fn, backend=lambda gm, ex: build(gm, ex, session), dynamic=False), path)
-    timestep_of = _timestep_getter(forward_fn)
+    module.forward = CachedForward(module, session, path, start=True)
+    _observe_cache_context(module, session)
+    setattr(module, _ATTR, session)
+    return module
 
-    @functools.wraps(forward_fn)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        # one call of the module = one step of one branch, whatever graphs dynamo splits it into;
+
+class CachedForward:
+    """The forward ``dcp.compile`` installs on a module (``module.forward``).
+
+    An object rather than a closure, so that copies and saves of the module work:
+    ``copy.deepcopy`` and ``pickle`` / ``torch.save`` go through ``__reduce__``, which names
+    only the module, its ``Session`` and the path. The copy's forward is bound to the copied
+    module (deepcopy registers the new module in ``memo`` before copying its ``__dict__``), and
+    the session copies as a fresh one with the same settings (``Session.__deepcopy__`` /
+    ``__reduce__``): no compiled code, graph or cached tensor is copied or saved. The copy (or
+    the loaded module) compiles itself on its first call, runs its own weights and keeps its
+    own cache state. ``m.state_dict()`` is not affected by compiling (no parameter or buffer
+    is added).
+    """
+
+    def __init__(self, module: torch.nn.Module, session: Session, path: str = "auto", start: bool = False):
+        self.module, self.session, self.path = module, session, path
+        self.timestep_of: Optional[Callable[[tuple, dict], Any]] = None
+        if start:  # dcp.compile: set up now (a copy or a loaded module: on its first call)
+            self._start()
+
+    def _start(self) -> ModulePaths:
+        module, session = self.module, self.session
+        make = lambda: _isolated_forward(module, session.previous_forward)  # noqa: E731
         # the timestep is read from the arguments (a graph may not take it: Lumina2)
-        session.begin_call(timestep_of(args, kwargs))
+        self.timestep_of = _timestep_getter(make())
+        session.paths = ModulePaths(module, session, make, self.path)
+        return session.paths
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        session = self.session
+        compiled = session.paths if session.paths is not None else self._start()
+        # one call of the module = one step of one branch, whatever graphs dynamo splits it into
+        session.begin_call(self.timestep_of(args, kwargs))
         try:
             try:
                 out = compiled(*args, **kwargs)
@@ -112,10 +140,21 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
         session.after_forward()
         return out
 
-    module.forward = forward
-    _observe_cache_context(module, session)
-    setattr(module, _ATTR, session)
-    return module
+    def __reduce__(self) -> tuple:
+        return (CachedForward, (self.module, self.session, self.path))
+
+    # as functools.wraps gave the closure before: the forward's signature and name
+    @property
+    def __wrapped__(self) -> Callable:
+        prior = self.session.previous_forward
+        return prior if prior is not None else type(self.module).forward.__get__(self.module)
+
+    @property
+    def __name__(self) -> str:
+        return getattr(self.__wrapped__, "__name__", "forward")
+
+    def __repr__(self) -> str:
+        return f"<dit_cachepass forward of {type(self.module).__name__} ({self.session!r})>"
 
 
 def _timestep_getter(fn: Callable) -> Callable[[tuple, dict], Any]:
@@ -125,7 +164,7 @@ def _timestep_getter(fn: Callable) -> Callable[[tuple, dict], Any]:
     except (TypeError, ValueError):
         params = []
     for p in params:
-        if p.name in ("timestep", "timesteps"):
+        if p.name in ("timestep", "timesteps", "t"):  # Z-Image names it t
             positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             idx = params.index(p) if positional and all(
                 q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD) for q in params[:params.index(p)]) else None
@@ -143,18 +182,32 @@ def _observe_cache_context(module: torch.nn.Module, session: Session) -> None:
     """diffusers pipelines wrap each denoiser call in ``transformer.cache_context("cond" |
     "uncond", step_index=...)``; an instance-level wrapper hands the name (and the step index
     when given) to the session, then enters the original context."""
-    original = getattr(module, "cache_context", None)
-    if not callable(original):
+    if not callable(getattr(module, "cache_context", None)):
         return
     session.previous_cache_context = module.__dict__.get("cache_context")
+    module.cache_context = _CacheContext(module, session)
+
+
+class _CacheContext:
+    """``module.cache_context`` while cached: an object (not a closure), so that a copy or a
+    pickle of the module gets one bound to the copy and its session (``__reduce__``)."""
+
+    _dit_cachepass = True
+
+    def __init__(self, module: torch.nn.Module, session: Session):
+        self.module, self.session = module, session
+
+    def __call__(self, name: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._scope(name, args, kwargs)
 
     @contextlib.contextmanager
-    def cache_context(name: Any, *args: Any, **kwargs: Any):
-        with original(name, *args, **kwargs), session.branch_scope(str(name), kwargs.get("step_index")):
+    def _scope(self, name: Any, args: tuple, kwargs: dict):
+        original = self.session.previous_cache_context or type(self.module).cache_context.__get__(self.module)
+        with original(name, *args, **kwargs), self.session.branch_scope(str(name), kwargs.get("step_index")):
             yield
 
-    cache_context._dit_cachepass = True  # type: ignore[attr-defined]
-    module.cache_context = cache_context
+    def __reduce__(self) -> tuple:
+        return (_CacheContext, (self.module, self.session))
 
 
 def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = None, *,

@@ -52,7 +52,14 @@ class CoverageRow:
 def _sample(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
-    return out[0] if isinstance(out, (tuple, list)) else out.sample
+    if isinstance(out, (tuple, list)):
+        first = out[0]
+        if isinstance(first, (tuple, list)):  # Z-Image: a list of per-sample tensors
+            return torch.stack(list(first))
+        if isinstance(out, list) and all(isinstance(o, torch.Tensor) for o in out) and len(out) > 1:
+            return torch.stack(out)
+        return first
+    return out.sample
 
 
 def _run(model: torch.nn.Module, entry: Any, steps: int) -> list[torch.Tensor]:

@@ -63,11 +63,13 @@ def has_symbolic_inputs(gm: fx.GraphModule) -> bool:
 
 def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool,
                   on_fail: Optional[Callable[[Exception], None]] = None) -> Callable:
-    """Statically captured pieces are compiled lazily per shape (``LazyCompiled``); pieces of a
-    graph captured with dynamic shapes are re-traced by dynamo, which specializes and guards
-    each shape itself (their fake metadata belongs to the parent capture's ShapeEnv)."""
-    if symbolic and backend != "eager":
-        return torch.compile(_without_fake_meta(gm), backend=backend, dynamic=False)
+    """Every piece is compiled lazily, once per input shape-and-stride signature, with the real
+    tensors of its first call at that signature (``LazyCompiled``), also the pieces of a graph
+    captured with dynamic shapes (``symbolic``): their fake metadata belongs to the parent
+    capture's ShapeEnv and is dropped (``_without_fake_meta``), and their SymInt inputs arrive
+    as plain ints, part of the signature. (A nested ``torch.compile`` is not used: called from
+    inside the parent's compiled graph it never compiled, and it would have its own recompile
+    limit.)"""
     return LazyCompiled(gm, backend, on_fail)
 
 

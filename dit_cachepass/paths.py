@@ -57,28 +57,75 @@ def block_path_report(module: nn.Module, session: Session, calls: list[blockpath
 
 def regional_compiler(backend: str) -> Callable[[nn.Module], Callable]:
     """Compile a block's forward once per block class (dynamo caches per code object and
-    takes parameters as inputs), as diffusers' ``compile_repeated_blocks`` does."""
+    takes parameters as inputs), as diffusers' ``compile_repeated_blocks`` does. Automatic
+    dynamic shapes: a second resolution recompiles once with dynamic sizes instead of once
+    per resolution (dynamo's recompile limit is shared by every block of the class)."""
     check_backend(backend)
 
     def compile_block(block: nn.Module) -> Callable:
         fwd = block.__dict__.get("forward") or type(block).forward.__get__(block)
-        return fwd if backend == "eager" else torch.compile(fwd, backend=backend, dynamic=False)
+        return fwd if backend == "eager" else torch.compile(fwd, backend=backend, dynamic=None)
     return compile_block
 
 
+class _InstalledBlockForward:
+    """A block forward installed by the block path, as an object: a copy or a pickle of the
+    block gets the block's own forward back (``getattr(block, "forward")`` on the copy), never
+    this module's wrapper (which would run the original blocks' runtime)."""
+
+    __slots__ = ("fn", "block")
+
+    def __init__(self, fn: Callable, block: nn.Module):
+        self.fn, self.block = fn, block
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return (getattr, (self.block, "forward"))
+
+
 class ModulePaths:
-    """The callable behind a compiled module's forward: graph path, then the fallbacks."""
+    """The callable behind a compiled module's forward: graph path, then the fallbacks.
+
+    The graph path compiles a private code object of the forward (``make_forward``) with
+    dynamo's automatic dynamic shapes: the first resolution is captured with static sizes, the
+    second once more with dynamic sizes, and that graph serves every later resolution (its
+    pieces are compiled per shape by ``lower.LazyCompiled``, which has no recompile limit).
+    If dynamo still reaches its recompile limit (``torch._dynamo.config.recompile_limit``,
+    e.g. many dtypes or other guards), it runs the forward eagerly: no cached graph runs, and
+    a warning says so once (``graph_runs`` counts the calls of cached graphs).
+    """
 
     def __init__(self, module: nn.Module, session: Session, make_forward: Callable[[], Callable],
-                 compile_graph_path: Callable[[Callable], Callable], path: str = "auto"):
+                 path: str = "auto"):
         self.module, self.session = module, session
-        self.make_forward, self.compile_graph_path = make_forward, compile_graph_path
+        self.make_forward = make_forward
         self.path = check_path(path)
         self.stage = "block-pending" if path == "block" else "graph"
+        self.graph_runs = 0  # calls of a cached graph (a Runner): none in a call = dynamo ran it eagerly
         self.eager = make_forward()
-        self.compiled = compile_graph_path(make_forward()) if self.stage == "graph" else None
+        self.compiled = self.compile_graph_path(make_forward()) if self.stage == "graph" else None
         self.runner: Optional[blockpath.BlockRunner] = None
         self.decided = path != "auto"
+
+    def compile_graph_path(self, fn: Callable) -> Callable:
+        return torch.compile(fn, backend=self._build, dynamic=None)
+
+    def _build(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
+        """The dynamo backend of this module: the pass (``backend.build``) with this session;
+        a cached graph's calls are counted."""
+        from .backend import build
+        from .runtime.executor import Runner
+
+        fn = build(gm, example_inputs, self.session)
+        if not isinstance(fn, Runner):
+            return fn
+
+        def run(*args: Any) -> Any:
+            self.graph_runs += 1
+            return fn(*args)
+        return run
 
     @property
     def name(self) -> str:
@@ -91,6 +138,7 @@ class ModulePaths:
             return self.eager(*args, **kwargs)
         if self.stage == "block-pending":
             return self._trace_blocks(args, kwargs)
+        runs = self.graph_runs
         if self.stage == "flags":
             with torch._dynamo.config.patch(**CAPTURE_FLAGS):
                 out = self.compiled(*args, **kwargs)
@@ -98,7 +146,20 @@ class ModulePaths:
             out = self.compiled(*args, **kwargs)
         if not self.decided:
             self._next_path()
+        elif self.graph_runs == runs and any(g.loops for g in self.session.graphs):
+            self._ran_eagerly(args, kwargs)
         return out
+
+    def _ran_eagerly(self, args: tuple, kwargs: dict) -> None:
+        """A cached module whose call ran no cached graph: dynamo gave up on this call."""
+        shapes = [tuple(v.shape) for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor)]
+        limit = torch._dynamo.config.recompile_limit
+        self.session.warn_once(
+            key="recompile-limit",
+            msg=f"a call with input shapes {shapes} ran uncached (and uncompiled): dynamo ran the forward "
+                f"eagerly, most likely because it reached torch._dynamo.config.recompile_limit ({limit}) "
+                "recompiles of this module's forward (or compilation is disabled). Such calls compute every "
+                "step; raise torch._dynamo.config.recompile_limit, or dcp.compile the module again")
 
     def _next_path(self) -> None:
         s = self.session
@@ -139,6 +200,11 @@ class ModulePaths:
             s.checked_first_forward = False  # after_forward warns with the reasons
             return out
         self.runner = blockpath.BlockRunner(s, plans, regional_compiler(s.backend))
+        for rt in self.runner.runtimes:  # copies / pickles of a block get its own forward back
+            for block, _prior in rt.saved:
+                fn = block.__dict__.get("forward")
+                if fn is not None and not isinstance(fn, _InstalledBlockForward):
+                    block.__dict__["forward"] = _InstalledBlockForward(fn, block)
         self.stage = "block"
         for lp in plans:
             if lp.loop.never_cache:

@@ -5,7 +5,9 @@ what the pass found in each graph (for ``explain``/``summary``)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
@@ -121,6 +123,32 @@ class Session:
         self.previous_forward = None
         self.previous_cache_context = None
         self.checked_first_forward = False
+
+    # -- copies and pickles (``copy.deepcopy`` / ``torch.save`` of a dcp.compile'd module) --
+    def settings(self) -> dict:
+        """The arguments that built this session (no state): a copy compiles with these."""
+        return dict(config=self.config, backend=self.backend, strict=self.strict, list_lengths=self.list_lengths,
+                    calibrator_config=self.calibrator_config, params_modifiers=self.params_modifiers)
+
+    def __deepcopy__(self, memo: dict) -> "Session":
+        """A fresh session with the same settings and decision group: no cache state, graphs,
+        runners or compiled code are copied (the copied module caches on its own)."""
+        new = Session(**copy.deepcopy(self.settings(), memo))
+        memo[id(self)] = new
+        new.process_group = self.process_group  # same process: the same ranks decide together
+        new.previous_forward = copy.deepcopy(self.previous_forward, memo)
+        new.previous_cache_context = copy.deepcopy(self.previous_cache_context, memo)
+        return new
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its settings only (compiled code and cached tensors are dropped); the
+        unpickled module is compiled again on its first call, with a fresh state."""
+        if self.process_group is not None:
+            raise pickle.PicklingError(
+                "dit_cachepass: a module compiled with a process group (parallel decisions) cannot be pickled; "
+                "save module.state_dict() instead (or dcp.disable(module) before saving)")
+        return (_session_from_settings, (self.settings(),),
+                {"previous_forward": self.previous_forward, "previous_cache_context": self.previous_cache_context})
 
     def __repr__(self) -> str:
         loops = ", ".join(s.name for s in self.states.values()) or "none yet"
@@ -400,6 +428,8 @@ class Session:
 
         if report.reasons == [NO_BLOCK_LIST] and not report.skipped:
             return
+        if self.paths is not None and not self.paths.decided:
+            return  # another path may still cache the model: judged in after_forward
         self._uncached(report.reasons + report.skipped)
 
     def after_forward(self) -> None:
@@ -438,3 +468,8 @@ class Session:
 
     def _uncached(self, reasons: list[str]) -> None:
         self.warn(f"running uncached: {'; '.join(reasons) or 'no block loop found'}")
+
+
+def _session_from_settings(settings: dict) -> Session:
+    """Unpickling a ``Session``: a fresh one with the pickled settings."""
+    return Session(**settings)

@@ -89,3 +89,14 @@ def test_block_path_is_bit_equal_at_threshold_zero_and_disable_restores_the_bloc
     assert all("forward" in b.__dict__ for b in m.blocks)
     dcp.disable(m)
     assert [b.__dict__.get("forward") for b in m.blocks] == forwards
+
+
+def test_strict_accepts_a_model_that_the_block_path_caches():
+    m = dcp.compile(toy(item_break=True), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1),
+                    backend="eager", strict=True)
+    run_toy(m, 4)  # graph path, capture-flag retry, block trace, cached run: no UnsupportedModelError
+    assert m._dit_cachepass.paths.name == "block"
+    forced = dcp.compile(toy(item_break=True), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1),
+                         backend="eager", strict=True, path="graph")
+    with pytest.raises(dcp.UnsupportedModelError):
+        run_toy(forced, 1)

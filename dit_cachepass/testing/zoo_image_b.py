@@ -446,3 +446,35 @@ _init_empty_params(_entry(
              "N(0, 1/fan_in) weights: with 0.02-std gates the ungated cross-attention (near-uniform over the text, "
              "so nearly step-independent) dominates every block's residual"),
     {"adaln_global_mlp.mlp.1.weight", "adaln_global_mlp.mlp.1.bias"})
+
+
+# --- Z-Image: 4 single-stream blocks over the unified [64 image; 8 (+24 pad) text] sequence (16x16 latent, patch 2),
+# after 1 noise-refiner (image) and 1 context-refiner (text) block
+ZIMAGE = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=4, n_refiner_layers=1,
+              n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0,
+              t_scale=1000.0, axes_dims=[4, 6, 6], axes_lens=[64, 16, 16])
+
+
+def _zimage_inputs(drift, span):
+    def inputs(step: int, num_steps: int = 10, noise_scale: float = 1.0) -> dict:
+        lat = _latent((BATCH, 4, 1, 16, 16), step, num_steps, noise_scale, drift)  # the pipeline unsqueezes F=1
+        text = _text((BATCH, TEXT_LEN, 32))
+        return dict(
+            x=list(lat.unbind(0)),  # per-sample LISTS, as ZImagePipeline passes them
+            # the pipeline passes (1000 - t) / 1000 in [0, 1]: 0 is noise, INCREASES (x t_scale=1000 inside)
+            t=_t(step, num_steps, noise_scale, 0.0, -span),
+            cap_feats=list(text.unbind(0)),
+        )
+    return inputs
+
+
+_entry("zimage", "ZImageTransformer2DModel", ZIMAGE, _zimage_inputs, ["layers"], {"layers": 3},
+       drift=1.0, t_span=0.005, timestep_decreasing=False, output_shape=(4, 1, 16, 16), coverage_only=True,
+       measured=(0.130, 0.123, 0.119, 0.117, 0.116, 0.114, 0.108, 0.098, 0.088),
+       notes="x and cap_feats are per-sample LISTS ((4, 1, 16, 16) latents, (8, 32) text) and the output is a list "
+             "of per-sample (4, 1, 16, 16) tensors (output_shape is one sample's); the timestep argument is named "
+             "`t` and is (1000 - t)/1000 in [0, 1], INCREASING with the step (0 is noise); the text is padded to 32 "
+             "tokens (SEQ_MULTI_OF) with cap_pad_token and the main layers run over [64 image; 32 text]; one "
+             "shared adaLN (t_embedder) feeds every modulated block; the blocks take the sequence positionally "
+             "as `x` (first_block_residual_diffs hooks args[0]); modulation is NOT zero-initialised (only the "
+             "x/cap pad tokens are zeros), so no perturbation; fullgraph=True compiles (bit-identical)")
