@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .backend import StageError, analyse, build, register, session_for_options, session_of
+from .backend import StageError, analyse, register, session_for_options, session_of
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .matcher import NO_BLOCK_LIST
 from .blockpath import trace_block_calls

@@ -39,6 +39,7 @@ class BlockCall:
     module: nn.Module
     inputs: dict[str, Any]  # bound arguments by parameter name
     outputs: list[Any]  # flattened: a tensor output is [t], a tuple/list its elements
+    tuple_output: bool = False  # the block returned a tuple/list (else one tensor)
 
 
 @dataclass
@@ -103,7 +104,8 @@ def trace_block_calls(module: nn.Module, run: Callable[[], Any]) -> tuple[Any, l
 
             def post(mod, args, kwargs, out, name=name, i=i):
                 inputs = pending[id(mod)].pop()
-                calls.append(BlockCall(name, i, mod, inputs, _flat(out)[0]))
+                outputs, is_tuple = _flat(out)
+                calls.append(BlockCall(name, i, mod, inputs, outputs, is_tuple))
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(block.register_forward_hook(post, with_kwargs=True))
@@ -211,9 +213,7 @@ def _streams(seq: list[BlockCall], names: list[str], reasons: list[str]) -> Opti
     # blocks of the same classes)
     starts = sorted(edges[0].items())
     blocks = [ListBlock(c.module, f"{c.list_name}.{c.index}", inspect.signature(c.module.forward),
-                        n_outputs=len(c.outputs)) for c in seq]
-    for b, c in zip(blocks, seq):
-        b.tuple_output = len(c.outputs) != 1 or isinstance(c.outputs, list) and False
+                        n_outputs=len(c.outputs), tuple_output=c.tuple_output) for c in seq]
     known: dict[tuple[type, type], dict[int, str]] = {}
     for e, (a, b) in zip(edges, zip(seq, seq[1:])):
         if e:
@@ -229,7 +229,6 @@ def _streams(seq: list[BlockCall], names: list[str], reasons: list[str]) -> Opti
                 e = edges[i] if p in edges[i] else known.get((type(c.module), type(seq[i + 1].module)), {})
                 q = e.get(p) if p is not None else None
                 blocks[i + 1].stream_params.append(q)
-                nxt = blocks[i + 1]
                 # which output of the next block continues the stream: the position that the
                 # block after it (or, at the end, the same class) receives as parameter q
                 p = _output_for_param(i + 1, q, seq, edges, known) if q is not None else None

@@ -4,7 +4,6 @@ Each test is a case that gave a silent wrong output before: a generation or CFG 
 timestep heuristic guessed wrong, a call that raised, a NaN kept as a reference."""
 
 import gc
-import warnings
 import weakref
 
 import pytest

@@ -2,7 +2,6 @@
 boundaries come from the pipeline call, branches from its ``cache_context`` names, and
 every generation equals a fresh model's run of it alone."""
 
-import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
 
