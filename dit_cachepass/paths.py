@@ -15,6 +15,7 @@ are warmup steps anyway. ``explain()`` reports the path a model takes and why.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -110,7 +111,11 @@ class ModulePaths:
         self.decided = path != "auto"
 
     def compile_graph_path(self, fn: Callable) -> Callable:
-        return torch.compile(fn, backend=self._build, dynamic=None)
+        me = weakref.ref(self)  # dynamo keeps the backend in its code cache: no strong cycle to the module
+
+        def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
+            return me()._build(gm, example_inputs)
+        return torch.compile(fn, backend=backend, dynamic=None)
 
     def _build(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
         """The dynamo backend of this module: the pass (``backend.build``) with this session;
@@ -122,8 +127,11 @@ class ModulePaths:
         if not isinstance(fn, Runner):
             return fn
 
+        fn.weaken()  # the module owns its session; dynamo's cache must not keep it alive
+        me = weakref.ref(self)
+
         def run(*args: Any) -> Any:
-            self.graph_runs += 1
+            me().graph_runs += 1
             return fn(*args)
         return run
 

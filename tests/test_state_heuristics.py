@@ -263,3 +263,21 @@ def test_cache_state_dies_with_its_module():
     del t, session
     gc.collect()
     assert res() is None and sref() is None
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_a_dcp_compiled_module_and_its_state_are_freed_with_it(backend):
+    """dynamo keeps the backend and its runners in a cache on the forward's (private) code object,
+    which the garbage collector cannot see through: they hold the session and module weakly."""
+    torch.manual_seed(0)
+    m = dcp.compile(ToyDiT().eval(), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
+                                                       residual_diff_threshold=0.9, max_warmup_steps=1),
+                    backend=backend)
+    run(m, [toy_inputs(s) for s in range(4)])
+    session = m._dit_cachepass
+    assert dcp.summary(m).cached_steps
+    res = weakref.ref(next(iter(session.states.values())).buffers[None].residuals[0])
+    refs = weakref.ref(m), weakref.ref(session)
+    del m, session
+    gc.collect()
+    assert res() is None and all(r() is None for r in refs)

@@ -4,6 +4,7 @@ compute it or to rebuild its outputs from the cached residuals."""
 from __future__ import annotations
 
 import re
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
@@ -36,9 +37,24 @@ class Runner:
     """The callable the dynamo backend returns for one captured graph. Loop state lives in
     the session (per loop and CFG branch), so graphs recompiled for new shapes share it."""
 
+    def weaken(self) -> None:
+        """Hold the session weakly: dynamo keeps the runner in its cache on the forward's code
+        object, which the garbage collector cannot see through, so a strong reference would keep
+        a ``dcp.compile``d module (which owns the session) alive forever."""
+        self._strong = None
+
+    @property
+    def session(self) -> "Session":
+        s = self._session()
+        if s is None:
+            raise RuntimeError("dit_cachepass: the compiled module of this graph was garbage-collected")
+        return s
+
     def __init__(self, prog: SplitProgram, session: "Session", loops: list["LoopPlan"], backend: str,
                  symbolic: bool = False):
-        self.prog, self.session = prog, session
+        self.prog = prog
+        self._session = weakref.ref(session)
+        self._strong: Optional["Session"] = session  # dropped by ``weaken``
         self.fns = [compile_piece(p.gm, backend, symbolic, self._lower_failed) for p in prog.pieces]
         self.loops = loops
         self.loop_names = loop_names = [lp.name for lp in loops]
