@@ -186,8 +186,10 @@ def _edges(nxt_inputs: dict[Slot, fx.Node], block: Block, origins: _Origins) -> 
     node of ``block``: the values flowing from one block to the next."""
     edges = {}
     for slot, v in nxt_inputs.items():
+        if _layout(v) is None:
+            continue  # sizes and scalars (SymInts of a dynamic capture) are not streams
         src = origins.of(v, block)
-        if len(src) == 1:
+        if len(src) == 1 and _layout(next(iter(src))) is not None:
             edges[slot] = next(iter(src))
     return edges
 

@@ -89,10 +89,11 @@ class _InstalledBlockForward:
 class ModulePaths:
     """The callable behind a compiled module's forward: graph path, then the fallbacks.
 
-    The graph path compiles a private code object of the forward (``make_forward``) with
-    dynamo's automatic dynamic shapes: the first resolution is captured with static sizes, the
-    second once more with dynamic sizes, and that graph serves every later resolution (its
-    pieces are compiled per shape by ``lower.LazyCompiled``, which has no recompile limit).
+    The graph path compiles a private code object of the forward (``make_forward``) with static
+    sizes; when a second input shape arrives, a fresh private copy is compiled with dynamo's
+    automatic dynamic shapes (at most one more recompile makes the changing sizes symbolic), and
+    that graph serves every later resolution (its pieces are compiled per shape by
+    ``lower.LazyCompiled``, which has no recompile limit).
     If dynamo still reaches its recompile limit (``torch._dynamo.config.recompile_limit``,
     e.g. many dtypes or other guards), it runs the forward eagerly: no cached graph runs, and
     a warning says so once (``graph_runs`` counts the calls of cached graphs).
@@ -106,6 +107,12 @@ class ModulePaths:
         self.stage = "block-pending" if path == "block" else "graph"
         self.graph_runs = 0  # calls of a cached graph (a Runner): none in a call = dynamo ran it eagerly
         self.eager = make_forward()
+        # static until a second input shape is seen, then a fresh capture with dynamo's automatic
+        # dynamic shapes (the dims that change become symbolic, floats stay constants). Not automatic
+        # from the start: its profile is keyed by the forward's file and line, so one model's
+        # resolutions would make every later model of the class start symbolic
+        self.dynamic: Optional[bool] = False
+        self.first_shapes: Optional[tuple] = None
         self.compiled = self.compile_graph_path(make_forward()) if self.stage == "graph" else None
         self.runner: Optional[blockpath.BlockRunner] = None
         self.decided = path != "auto"
@@ -115,7 +122,7 @@ class ModulePaths:
 
         def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
             return me()._build(gm, example_inputs)
-        return torch.compile(fn, backend=backend, dynamic=None)
+        return torch.compile(fn, backend=backend, dynamic=self.dynamic)
 
     def _build(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
         """The dynamo backend of this module: the pass (``backend.build``) with this session;
@@ -146,6 +153,12 @@ class ModulePaths:
             return self.eager(*args, **kwargs)
         if self.stage == "block-pending":
             return self._trace_blocks(args, kwargs)
+        shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        if self.first_shapes is None:
+            self.first_shapes = shapes
+        elif shapes != self.first_shapes and self.dynamic is False:
+            self.dynamic = None  # a second resolution: automatic dynamic from now on
+            self.compiled = self.compile_graph_path(self.make_forward())
         runs = self.graph_runs
         if self.stage == "flags":
             with torch._dynamo.config.patch(**CAPTURE_FLAGS):

@@ -174,5 +174,6 @@ def test_reaching_the_recompile_limit_warns():
     m = dcp.compile(toy(), LOOSE, backend="eager")
     with torch._dynamo.config.patch(recompile_limit=1, automatic_dynamic_shapes=False):
         run(m, tokens=8)
+        run(m, tokens=12)  # a second shape: a fresh capture of the forward (its own recompile budget)
         with pytest.warns(UserWarning, match="recompile_limit"):
-            run(m, tokens=12)
+            run(m, tokens=16)
