@@ -111,6 +111,27 @@ def reference_at_median(build, run, list_name: str, pattern: int, F: int, B: int
     ref = ReferenceDBCache(model, list_name, pattern, F, B, threshold, warmup)
     return threshold, ref, run(model)
 
+
+def assert_caches_like_the_reference(build, run, list_name: str, pattern: int, F: int = 1, B: int = 1,
+                                     warmup: int = 1, tol: float = 1e-5, **compile_kwargs):
+    """``dcp.compile`` (eager, strict) at the reference's median threshold caches the same steps
+    as the reference, with the same outputs; both cached and computed steps occur. Returns the
+    compiled model."""
+    import torch
+
+    import dit_cachepass as dcp
+
+    threshold, ref, expected = reference_at_median(build, run, list_name, pattern, F, B, warmup)
+    m = dcp.compile(build(), dcp.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B,
+                                               residual_diff_threshold=threshold, max_warmup_steps=warmup),
+                    backend="eager", strict=True, **compile_kwargs)
+    got = run(m)
+    assert 0 < len(ref.cached_steps) < len(expected) - warmup, ref.diffs
+    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+    return m
+
 class ReferenceDBPrune(ReferenceDBCache):
     """Plain DBPrune: every block outside the first F / last B decides on its own input's
     relative L1 change since its last computed call (no limits, static threshold)."""

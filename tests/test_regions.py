@@ -9,7 +9,7 @@ from torch import nn
 
 import dit_cachepass as dcp
 from dit_cachepass.regions import RegionError, find_regions
-from reference_dbcache import reference_at_median
+from reference_dbcache import assert_caches_like_the_reference
 from toy_models import toy_inputs
 
 
@@ -94,15 +94,7 @@ def test_threshold_zero_is_bit_equal(region, backend):
 
 @pytest.mark.parametrize("region", REGIONS)
 def test_cached_steps_equal_the_reference(region):
-    thr, ref, expected = reference_at_median(lambda: build(region), run, "blocks", 3, 1, 1, 1)
-    m = dcp.compile(build(region), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
-                                                     residual_diff_threshold=thr, max_warmup_steps=1),
-                    backend="eager", strict=True)
-    got = run(m)
-    assert 0 < len(ref.cached_steps) < STEPS - 1, ref.diffs
-    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
-    for a, b in zip(expected, got):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert_caches_like_the_reference(lambda: build(region), run, "blocks", 3)
 
 
 def test_pieces_reenter_the_regions_they_cover():

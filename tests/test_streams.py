@@ -9,7 +9,7 @@ from torch import nn
 
 import dit_cachepass as dcp
 from dit_cachepass.testing import zoo
-from reference_dbcache import reference_at_median
+from reference_dbcache import assert_caches_like_the_reference
 from toy_models import toy_inputs
 
 STEPS = 6
@@ -60,16 +60,8 @@ def test_flux_double_and_single_lists_chain_for_any_length(double, single):
 def test_two_block_lists_cache_like_the_reference(dual):
     """SD3 with 2 blocks: the last (context_pre_only) block lost its encoder output to DCE."""
     inputs = zoo.ZOO["sd3"].inputs
-    thr, ref, expected = reference_at_median(lambda: sd3(2, dual), lambda m: run(m, inputs),
-                                             "transformer_blocks", 1, 1, 0, 1)
-    m = dcp.compile(sd3(2, dual), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
-                                                    residual_diff_threshold=thr, max_warmup_steps=1),
-                    backend="eager", strict=True)
-    got = run(m, inputs)
-    assert 0 < len(ref.cached_steps) < STEPS - 1
-    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
-    for a, b in zip(expected, got):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert_caches_like_the_reference(lambda: sd3(2, dual), lambda m: run(m, inputs), "transformer_blocks", 1,
+                                     B=0, tol=1e-4)
 
 
 class _Dual(nn.Module):
@@ -138,12 +130,4 @@ def test_heterogeneous_lists_are_traced_and_cached_like_the_reference(kind):
     rep = dcp.explain(hetero(kind), **toy_inputs(0), cache_config=dcp.DBCacheConfig(Fn_compute_blocks=1))
     assert [l.name for l in rep.loops] == ["blocks"] and rep.loops[0].streams == 2, str(rep)
     assert rep.loops[0].pattern == 1
-    thr, ref, expected = reference_at_median(lambda: hetero(kind), _toy_run, "blocks", 1, 1, 1, 1)
-    m = dcp.compile(hetero(kind), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1,
-                                                    residual_diff_threshold=thr, max_warmup_steps=1),
-                    backend="eager", strict=True)
-    got = _toy_run(m)
-    assert 0 < len(ref.cached_steps) < STEPS - 1, ref.diffs
-    assert dcp.summary(m).loops[0].cached_steps == ref.cached_steps
-    for a, b in zip(expected, got):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert_caches_like_the_reference(lambda: hetero(kind), _toy_run, "blocks", 1)
