@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .zoo import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
+from .zoo import BATCH, TEXT_LEN, _entry, _flux_img_ids, _latent, _t, _text  # noqa: F401
 
 
 def _init_empty_params(entry, param_names):
@@ -30,13 +30,6 @@ def _init_empty_params(entry, param_names):
     return entry
 
 
-def _grid_ids(h: int, w: int, offset: int = 0) -> torch.Tensor:
-    """(h*w, 3) (t, h, w) position ids of an h x w image grid (t = 0), shifted by ``offset``."""
-    ids = torch.zeros(h, w, 3)
-    ids[..., 1] += torch.arange(h)[:, None]
-    ids[..., 2] += torch.arange(w)[None, :]
-    return ids.reshape(h * w, 3) + offset
-
 
 # --- Ideogram 4: 4 blocks over ONE packed sequence (8 text + 64 image tokens, 16 channels each)
 IDEOGRAM4 = dict(in_channels=16, num_layers=4, attention_head_dim=16, num_attention_heads=2, intermediate_size=64,
@@ -50,7 +43,7 @@ def _ideogram4_inputs(drift, span):
     seq = TEXT_LEN + 64
     pos = torch.zeros(seq, 3, dtype=torch.long)
     pos[:TEXT_LEN] = torch.arange(TEXT_LEN)[:, None]
-    pos[TEXT_LEN:] = _grid_ids(8, 8).long() + IMAGE_POSITION_OFFSET
+    pos[TEXT_LEN:] = _flux_img_ids(8, 8).long() + IMAGE_POSITION_OFFSET
     indicator = torch.full((BATCH, seq), OUTPUT_IMAGE_INDICATOR, dtype=torch.long)
     indicator[:, :TEXT_LEN] = LLM_TOKEN_INDICATOR
 
@@ -88,7 +81,7 @@ KREA2 = dict(in_channels=16, num_layers=4, attention_head_dim=16, num_attention_
 
 def _krea2_inputs(drift, span):
     pos = torch.zeros(TEXT_LEN + 64, 3)
-    pos[TEXT_LEN:] = _grid_ids(8, 8)
+    pos[TEXT_LEN:] = _flux_img_ids(8, 8)
 
     def inputs(step: int, num_steps: int = 10, noise_scale: float = 1.0) -> dict:
         return dict(
@@ -112,19 +105,20 @@ LONGCATIMAGE = dict(patch_size=1, in_channels=16, num_layers=4, num_single_layer
                     num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
 
 
-def _longcatimage_inputs(drift, span):
+def _flux_like_inputs(drift, span):
+    """FLUX.1-style inputs without pooled projections (LongCat-Image, Ovis-Image)."""
     def inputs(step: int, num_steps: int = 10, noise_scale: float = 1.0) -> dict:
         return dict(
             hidden_states=_latent((BATCH, 64, 16), step, num_steps, noise_scale, drift),
             encoder_hidden_states=_text((BATCH, TEXT_LEN, 32)),
             timestep=_t(step, num_steps, noise_scale, 1.0, span),  # the pipeline passes t/1000 (x1000 inside)
-            img_ids=_grid_ids(8, 8),
+            img_ids=_flux_img_ids(8, 8),
             txt_ids=torch.zeros(TEXT_LEN, 3),
         )
     return inputs
 
 
-_entry("longcatimage", "LongCatImageTransformer2DModel", LONGCATIMAGE, _longcatimage_inputs,
+_entry("longcatimage", "LongCatImageTransformer2DModel", LONGCATIMAGE, _flux_like_inputs,
        ["transformer_blocks", "single_transformer_blocks"],
        {"transformer_blocks": 1, "single_transformer_blocks": 1}, drift=1.0, t_span=0.005, coverage_only=True,
        measured=(0.102, 0.105, 0.105, 0.101, 0.095, 0.087, 0.078, 0.070, 0.067),
@@ -136,19 +130,7 @@ OVISIMAGE = dict(patch_size=1, in_channels=16, out_channels=16, num_layers=4, nu
                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
 
 
-def _ovisimage_inputs(drift, span):
-    def inputs(step: int, num_steps: int = 10, noise_scale: float = 1.0) -> dict:
-        return dict(
-            hidden_states=_latent((BATCH, 64, 16), step, num_steps, noise_scale, drift),
-            encoder_hidden_states=_text((BATCH, TEXT_LEN, 32)),
-            timestep=_t(step, num_steps, noise_scale, 1.0, span),  # the pipeline passes t/1000 (x1000 inside)
-            img_ids=_grid_ids(8, 8),
-            txt_ids=torch.zeros(TEXT_LEN, 3),
-        )
-    return inputs
-
-
-_entry("ovisimage", "OvisImageTransformer2DModel", OVISIMAGE, _ovisimage_inputs,
+_entry("ovisimage", "OvisImageTransformer2DModel", OVISIMAGE, _flux_like_inputs,
        ["transformer_blocks", "single_transformer_blocks"],
        {"transformer_blocks": 1, "single_transformer_blocks": 1}, drift=1.0, t_span=0.005, coverage_only=True,
        measured=(0.106, 0.107, 0.106, 0.103, 0.099, 0.091, 0.083, 0.074, 0.070))
