@@ -153,12 +153,13 @@ class ModulePaths:
             return self.eager(*args, **kwargs)
         if self.stage == "block-pending":
             return self._trace_blocks(args, kwargs)
-        shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-        if self.first_shapes is None:
-            self.first_shapes = shapes
-        elif shapes != self.first_shapes and self.dynamic is False:
-            self.dynamic = None  # a second resolution: automatic dynamic from now on
-            self.compiled = self.compile_graph_path(self.make_forward())
+        if self.dynamic is False:  # until the switch, per call: is this a second resolution?
+            shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+            if self.first_shapes is None:
+                self.first_shapes = shapes
+            elif shapes != self.first_shapes:
+                self.dynamic = None  # a second resolution: automatic dynamic from now on
+                self.compiled = self.compile_graph_path(self.make_forward())
         runs = self.graph_runs
         if self.stage == "flags":
             with torch._dynamo.config.patch(**CAPTURE_FLAGS):
