@@ -5,9 +5,16 @@ under torch.compile), reported as effective bandwidth (bytes the op must move / 
     python benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps 3350
     python benchmarks/kernels.py --kernels apply_residuals taylor_update
 
-On a machine without CUDA only the reference paths run (eager and compiled), on smaller
-default sizes so the run stays under a minute; the table says so. No GPU numbers are made
-up: a Triton column is only printed when it was measured.
+Columns: ``triton`` (the kernel launcher called directly), ``public op`` (the public
+function, i.e. the ``torch.ops.dit_cachepass`` custom op with its run-time backend
+dispatch: the difference to ``triton`` is the op's Python/dispatcher overhead), the torch
+reference eager and under ``torch.compile``, and the Triton speedup against both. Every
+timing cell gives microseconds, effective GB/s (bytes the op must move / time) and, when a
+peak is known (``--peak-gbps`` or the device name), the fraction of peak bandwidth.
+
+On a machine without CUDA only the reference paths run (eager, compiled, public op), on
+one reduced size so the run stays under a minute; the table says so. No GPU numbers are
+made up: a Triton column is only printed when it was measured.
 """
 
 import argparse
@@ -41,9 +48,10 @@ except ImportError:  # running from a checkout without the package installed
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (batch, tokens, dim) of the image/video stream; the text stream has ENCODER_TOKENS tokens.
 SIZES_GPU = {"flux": (1, 4096, 3072), "video": (1, 32760, 3072)}
-SIZES_CPU = {"flux": (1, 512, 3072), "video": (1, 2048, 3072)}
+SIZES_CPU = {"flux": (1, 256, 3072), "video": (1, 1024, 3072)}
 ENCODER_TOKENS = {"flux": 512, "video": 512}
-ENCODER_TOKENS_CPU = {"flux": 64, "video": 64}
+ENCODER_TOKENS_CPU = {"flux": 32, "video": 32}
+DEFAULT_SIZES_CPU = ["flux"]  # keeps the CPU run (incl. inductor compiles) under a minute
 TAYLOR_ORDER = 2
 KERNELS = ("fused_residual_diff", "rel_l1_diff", "apply_residuals", "taylor_update", "taylor_predict_apply")
 
@@ -67,6 +75,7 @@ class Op:
     triton: Callable[[], object]
     reference: Callable[[], object]
     compiled: Callable[[], object]
+    public: Callable[[], object]
 
 
 def build_ops(kind: str, shape: tuple[int, int, int], enc_tokens: int, dtype: torch.dtype,
@@ -97,23 +106,28 @@ def build_ops(kind: str, shape: tuple[int, int, int], enc_tokens: int, dtype: to
         Op("fused_residual_diff", 4 * n * es,  # read out/in/prev, write residual
            lambda: K.fused_residual_diff_triton(fn_out, fn_in, prev),
            lambda: K.fused_residual_diff_reference(fn_out, fn_in, prev),
-           lambda: c_diff(fn_out, fn_in, prev)),
+           lambda: c_diff(fn_out, fn_in, prev),
+           lambda: K.fused_residual_diff(fn_out, fn_in, prev)),
         Op("rel_l1_diff", 2 * n * es,
            lambda: K.rel_l1_diff_triton(fn_out, prev),
            lambda: K.rel_l1_diff_reference(fn_out, prev),
-           lambda: c_rel(fn_out, prev)),
+           lambda: c_rel(fn_out, prev),
+           lambda: K.rel_l1_diff(fn_out, prev)),
         Op("apply_residuals", 3 * (n + n_e) * es,  # hidden + encoder streams: read x, r; write out
            lambda: K.apply_residuals_triton(fn_out, prev, enc, enc_res),
            lambda: K.apply_residuals_reference(fn_out, prev, enc, enc_res),
-           lambda: c_apply(fn_out, prev, enc, enc_res)),
+           lambda: c_apply(fn_out, prev, enc, enc_res),
+           lambda: K.apply_residuals(fn_out, prev, enc, enc_res)),
         Op(f"taylor_update (order {TAYLOR_ORDER})", (1 + 2 * TAYLOR_ORDER) * n * es,  # read Y, P0..; write D1..
            lambda: K.taylor_update_triton(fn_out, ladder, 2.0, TAYLOR_ORDER, True),
            lambda: K.taylor_update_reference(fn_out, ladder, 2.0, TAYLOR_ORDER, True),
-           lambda: c_update(fn_out, ladder, 2.0, TAYLOR_ORDER, True)),
+           lambda: c_update(fn_out, ladder, 2.0, TAYLOR_ORDER, True),
+           lambda: K.taylor_update(fn_out, ladder, 2.0, TAYLOR_ORDER, True)),
         Op(f"taylor_predict_apply (order {TAYLOR_ORDER})", (TAYLOR_ORDER + 3) * n * es,  # read D0.., base; write
            lambda: K.taylor_predict_apply_triton(ladder, 1.5, fn_in),
            lambda: K.taylor_predict_apply_reference(ladder, 1.5, fn_in),
-           lambda: c_predict(ladder, 1.5, fn_in)),
+           lambda: c_predict(ladder, 1.5, fn_in),
+           lambda: K.taylor_predict_apply(ladder, 1.5, fn_in)),
     ]
     return [op for op in ops if op.name.split(" ")[0] in wanted]
 
@@ -171,14 +185,15 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", choices=sorted(SIZES_GPU), default=sorted(SIZES_GPU),
-                   help="FLUX-like 1x4096x3072 and/or video-like 1x32760x3072 (CPU: 1x512x3072, 1x2048x3072)")
+    p.add_argument("--sizes", nargs="+", choices=sorted(SIZES_GPU),
+                   help="FLUX-like 1x4096x3072 and/or video-like 1x32760x3072 (default both; "
+                        "CPU: 1x256x3072 / 1x1024x3072, default flux only)")
     p.add_argument("--tokens", type=int, help="override the token count of every size (e.g. for a quick run)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
-    p.add_argument("--iters", type=int, help="timed calls per measurement (default 50 on GPU, 5 on CPU)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation happens here)")
+    p.add_argument("--iters", type=int, help="timed calls per measurement (default 50 on GPU, 3 on CPU)")
+    p.add_argument("--warmup", type=int, help="untimed calls first, compilation happens here (default 3 on GPU, 1 on CPU)")
     p.add_argument("--peak-gbps", type=float, help="peak memory bandwidth for the %% column "
                    "(default by device name: H100 SXM 3350, H100 PCIe 2000, H200 4800, else not shown)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
@@ -189,15 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = device.type == "cuda"
     run_triton = on_gpu and K.HAS_TRITON
     dtype = DTYPES[args.dtype]
-    iters = args.iters or (50 if on_gpu else 5)
+    iters = args.iters or (50 if on_gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
+    size_names = args.sizes or (sorted(SIZES_GPU) if on_gpu else DEFAULT_SIZES_CPU)
     peak = args.peak_gbps or default_peak_gbps(device)
     dev_name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     sizes = SIZES_GPU if on_gpu else SIZES_CPU
     enc_tokens = ENCODER_TOKENS if on_gpu else ENCODER_TOKENS_CPU
 
     if not on_gpu:
-        print(f"No CUDA device: timing the torch reference only (eager and torch.compile) on CPU, "
-              f"with reduced sizes {', '.join(f'{k}={sizes[k]}' for k in args.sizes)}. "
+        print(f"No CUDA device: timing the torch reference only (eager, torch.compile, and through the public "
+              f"custom op) on CPU, "
+              f"with reduced sizes {', '.join(f'{k}={sizes[k]}' for k in size_names)}. "
               f"Triton kernels need a GPU; no Triton numbers are shown.")
     elif not K.HAS_TRITON:
         print("triton is not installed: timing the torch reference only.")
@@ -205,29 +223,36 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["kernel", "size", "MB moved"]
     if run_triton:
         headers.append("triton")
+    headers.append("public op")
     headers.append("reference eager")
     if not args.no_compile:
         headers.append("reference compiled")
     if run_triton:
-        headers.append("triton speedup vs compiled" if not args.no_compile else "triton speedup vs eager")
+        headers.append("triton vs eager")
+        if not args.no_compile:
+            headers.append("triton vs compiled")
     rows = []
-    for kind in args.sizes:
+    for kind in size_names:
         shape = sizes[kind]
         if args.tokens:
             shape = (shape[0], args.tokens, shape[2])
         ops = build_ops(kind, shape, enc_tokens[kind], dtype, device, args.kernels, not args.no_compile)
         for op in ops:
-            t_tri = time_fn(op.triton, device, args.warmup, iters) if run_triton else None
-            t_ref = time_fn(op.reference, device, args.warmup, iters)
-            t_cmp = None if args.no_compile else time_fn(op.compiled, device, args.warmup, iters)
+            t_tri = time_fn(op.triton, device, warmup, iters) if run_triton else None
+            t_pub = time_fn(op.public, device, warmup, iters)
+            t_ref = time_fn(op.reference, device, warmup, iters)
+            t_cmp = None if args.no_compile else time_fn(op.compiled, device, warmup, iters)
             row = [op.name, f"{kind} {'x'.join(map(str, shape))}", f"{op.bytes_moved / 1e6:,.1f}"]
             if run_triton:
                 row.append(fmt_cell(t_tri, op.bytes_moved, peak))
+            row.append(fmt_cell(t_pub, op.bytes_moved, peak))
             row.append(fmt_cell(t_ref, op.bytes_moved, peak))
             if not args.no_compile:
                 row.append(fmt_cell(t_cmp, op.bytes_moved, peak))
             if run_triton:
-                row.append(f"{(t_cmp if t_cmp is not None else t_ref) / t_tri:.2f}x")
+                row.append(f"{t_ref / t_tri:.2f}x")
+                if t_cmp is not None:
+                    row.append(f"{t_cmp / t_tri:.2f}x")
             rows.append(row)
     peak_txt = f"peak {peak:,.0f} GB/s" if peak else "peak bandwidth unknown (pass --peak-gbps)"
     print_table(f"dit_cachepass kernels on {dev_name}, {args.dtype}, median of {iters}; {peak_txt}", headers, rows)

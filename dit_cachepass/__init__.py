@@ -14,6 +14,7 @@ from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, FBCacheConf
 from .patterns import ForwardPattern
 from .session import UnsupportedModelError
 from .stats import Summary
+from .tune import TuneReport, tune
 
 __version__ = "0.1.0"
 __all__ = [

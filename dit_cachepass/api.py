@@ -13,6 +13,7 @@ import torch
 
 from .backend import StageError, analyse, register, session_for_options, session_of
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
+from .lower import CompileOptions
 from .matcher import NO_BLOCK_LIST
 from .blockpath import trace_block_calls
 from .paths import CAPTURE_FLAGS, ModulePaths, block_path_may_help, block_path_report, graph_broken
@@ -59,7 +60,8 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
             calibrator_config: Optional[CalibratorConfig] = None,
             params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
             backend: str = "inductor", strict: bool = False, process_group: Any = None,
-            path: str = "auto") -> torch.nn.Module:
+            path: str = "auto", mode: Optional[str] = None, options: Optional[dict] = None,
+            dynamic: Optional[bool] = None, fullgraph: bool = False) -> torch.nn.Module:
     """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
 
     Returns the same module object with its ``forward`` replaced, so a pipeline keeps using
@@ -77,6 +79,10 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     group, or ``True`` for the default group, or ``False`` to decide per rank. Left as ``None``,
     a model prepared with diffusers' ``enable_parallelism`` uses its context- (or tensor-)
     parallel mesh's group automatically.
+    ``mode``, ``options``, ``dynamic``, ``fullgraph``: as ``torch.compile`` takes them; ``mode``
+    and ``options`` (``torch._inductor.config`` settings) reach Inductor for every piece, and
+    ``fullgraph=True`` raises on a graph break instead of splitting the forward (see
+    ``lower.CompileOptions``).
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
@@ -84,7 +90,9 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
         disable(module)
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
                       calibrator_config=calibrator_config, params_modifiers=params_modifiers,
-                      process_group=decision_group(module, process_group))
+                      process_group=decision_group(module, process_group),
+                      compile_options=CompileOptions(mode=mode, options=dict(options or {}), dynamic=dynamic,
+                                                     fullgraph=fullgraph))
     session.previous_forward = module.__dict__.get("forward")
     module.forward = CachedForward(module, session, path, start=True)
     _observe_cache_context(module, session)
@@ -121,6 +129,8 @@ class CachedForward:
         return session.paths
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # traced by an outer torch.compile: warns, runs uncached
+            return ModulePaths.nested_call(self.__wrapped__, args, kwargs)
         session = self.session
         compiled = session.paths if session.paths is not None else self._start()
         # one call of the module = one step of one branch, whatever graphs dynamo splits it into
@@ -412,126 +422,5 @@ def summary(module: Any) -> Summary:
     return Summary.from_session(_session(module))
 
 
-@dataclass
-class LoopReport:
-    name: str
-    lists: list[str]
-    pattern: int
-    patterns: dict[str, int]
-    fn_blocks: list[str]
-    middle_blocks: list[str]
-    bn_blocks: list[str]
-    streams: int
-
-    def __str__(self) -> str:
-        def rng(b: list[str]) -> str:
-            return "-" if not b else b[0] if len(b) == 1 else f"{b[0]} .. {b[-1]} ({len(b)})"
-
-        pats = ", ".join(f"{k}: P{v}" for k, v in self.patterns.items())
-        return (f"loop {self.name} [{pats}; {self.streams} stream(s)]\n"
-                f"    Fn: {rng(self.fn_blocks)}\n    middle (cached): {rng(self.middle_blocks)}\n"
-                f"    Bn: {rng(self.bn_blocks)}")
-
-
-@dataclass
-class ExplainReport:
-    loops: list[LoopReport]
-    graphs: int
-    path: str = "-"  # "graph", "graph (scalar/dynamic-output capture)", "block"; "-" when nothing is cached
-    reasons: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def cached(self) -> bool:
-        return bool(self.loops)
-
-    def __str__(self) -> str:
-        lines = [f"dit_cachepass.explain: {self.graphs} graph(s), {len(self.loops)} cached loop(s), path: {self.path}"]
-        lines += [str(l) for l in self.loops]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines += [f"  not cached: {r}" for r in self.reasons + self.skipped]
-        if not self.loops:
-            lines.append("  -> the model would run uncached (strict=True raises)")
-        return "\n".join(lines)
-
-
-def _graph_breaks(module: torch.nn.Module, prior: Optional[Callable], args: tuple, kwargs: dict) -> list[str]:
-    """Why dynamo cannot capture the forward in one graph (its first graph break), if it can't."""
-    try:
-        with torch.no_grad():
-            torch.compile(_isolated_forward(module, prior), backend="eager", fullgraph=True)(*args, **kwargs)
-    except Exception as err:  # dynamo's Unsupported / UserError carry the reason and location
-        lines = [l.strip() for l in str(err).splitlines() if l.strip()]
-        where = next((l for l in lines if l.startswith("File ")), "")
-        return [f"graph break: {lines[0] if lines else type(err).__name__} {where}".strip(),
-                "no graph holds the whole block loop: a graph break inside it, or one after which "
-                "dynamo runs whole frames eagerly, keeps it out of every graph; try "
-                "torch._dynamo.config.capture_scalar_outputs=True / capture_dynamic_output_shape_ops=True, "
-                "or remove the data-dependent Python branch"]
-    return []
-
-
-def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheConfig] = None,
-            **kwargs: Any) -> ExplainReport:
-    """Trace ``module(*args, **kwargs)`` once and report the loops found, the pattern of
-    each, the Fn / middle / Bn split, or why nothing matched. Runs the model eagerly once."""
-    existing = getattr(module, _ATTR, None)
-    config = cache_config or (existing.config if existing else DBCacheConfig())
-    session = Session(config, backend="eager", list_lengths=_list_lengths(module),
-                      params_modifiers=existing.params_modifiers if existing else None)
-    prior = existing.previous_forward if existing is not None else module.__dict__.get("forward")
-
-    def graph_reports(flags: bool) -> list[GraphReport]:
-        reports: list[GraphReport] = []
-
-        def backend(gm, ex):
-            try:
-                reports.append(analyse(gm, ex, session)[2])
-            except StageError as err:
-                reports.append(GraphReport(len(gm.graph.nodes), [], [f"{err}: the model would run uncached"], [], []))
-            return gm.forward
-
-        patch = torch._dynamo.config.patch(**CAPTURE_FLAGS) if flags else contextlib.nullcontext()
-        with torch.no_grad(), patch:
-            torch.compile(_isolated_forward(module, prior), backend=backend, dynamic=False)(*args, **kwargs)
-        return reports
-
-    # the same order of paths as a compiled module takes (paths.ModulePaths)
-    reports, path, tried = graph_reports(False), "graph", []
-    if graph_broken(reports):
-        retry = graph_reports(True)
-        tried.append(f"graph path: {len(reports)} graphs, no loop whole in one; retried with dynamo's "
-                     "capture_scalar_outputs / capture_dynamic_output_shape_ops")
-        if any(r.loops for r in retry):
-            reports, path = retry, "graph (scalar/dynamic-output capture)"
-    if block_path_may_help(module, reports):
-        with torch.no_grad():
-            _, calls = trace_block_calls(module, lambda: _isolated_forward(module, prior)(*args, **kwargs))
-        block = block_path_report(module, session, calls)
-        tried.append("graph path cached nothing; traced one eager call at the block-list level")
-        if block.loops:
-            reports, path = [block], "block"
-        else:
-            reports = reports + [block]
-    rep = ExplainReport(loops=[], graphs=len(reports), path=path if any(r.loops for r in reports) else "-",
-                        notes=tried)
-    for r in reports:
-        rep.reasons += r.reasons
-        rep.notes += r.notes
-        rep.skipped += r.skipped
-        for lp in r.loops:
-            names = [str(b.ref) for b in lp.loop.blocks]
-            pats = {k: int(v) for k, v in lp.loop.patterns.items()}
-            rep.loops.append(LoopReport(lp.name, lp.loop.lists, next(iter(pats.values())), pats,
-                                        names[lp.fn.start:lp.fn.stop], names[lp.middle.start:lp.middle.stop],
-                                        names[lp.bn.start:lp.bn.stop], lp.loop.streams))
-    if rep.loops:
-        rep.reasons = [r for r in rep.reasons if r != NO_BLOCK_LIST]
-    else:
-        rep.reasons += _graph_breaks(module, prior, args, kwargs)
-    rep.reasons = list(dict.fromkeys(rep.reasons))
-    if len(reports) > 1 and path != "block":
-        rep.notes.append(f"{len(reports)} graphs: dynamo broke the forward into pieces "
-                         "(torch._dynamo.explain lists why); only loops whole inside one graph are cached")
-    return rep
+# ``explain`` lives in .explain (imported last: it uses this module's helpers); re-exported here
+from .explain import ExplainReport, LoopReport, explain  # noqa: E402,F401

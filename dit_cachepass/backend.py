@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import capture
-from .lower import compile_graph, has_symbolic_inputs
+from .lower import CompileOptions, compile_graph, guarded_by_dynamo, has_symbolic_inputs
 from .matcher import match
 from .plan import plan
 from .rewrite import split
@@ -64,24 +64,33 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
         session.graphs.append(report)
         if not cplan.loops:
             session.no_loop(report)
-            return compile_graph(gm, example_inputs, session.backend)
+            return compile_graph(gm, example_inputs, session.backend, session.compile_options)
         prog = _stage("rewrite", split, cap, cplan)
         report.pieces = prog.pieces
-        return _stage("lower", Runner, prog, session, cplan.loops, session.backend, has_symbolic_inputs(gm))
+        guarded = frozenset(i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+                            if guarded_by_dynamo(n))
+        return _stage("lower", Runner, prog, session, cplan.loops, session.backend, has_symbolic_inputs(gm), guarded)
     except StageError as err:
         session.graphs.append(GraphReport(len(gm.graph.nodes), [], [str(err)], [], []))
         session.stage_failed(err)
-        return compile_graph(gm, example_inputs, session.backend)
+        return compile_graph(gm, example_inputs, session.backend, session.compile_options)
 
 
-def session_for_options(options: Optional[dict]) -> Session:
-    """A new session built from torch.compile's ``options`` (validated here)."""
-    options = options if options is not None else {}
-    unknown = set(options) - _OPTION_KEYS
+def session_for_options(options: Optional[dict], mode: Optional[str] = None) -> Session:
+    """A new session built from torch.compile's ``options`` (validated here): the cache's own
+    keys, ``mode`` (torch.compile does not take ``mode=`` together with ``options=``), and any
+    ``torch._inductor.config`` setting, which reaches Inductor for every piece."""
+    options = dict(options) if options is not None else {}
+    mode = options.pop("mode", mode)
+    inductor = {k: v for k, v in options.items() if k not in _OPTION_KEYS}
+    known = torch._inductor.config.get_config_copy()
+    unknown = sorted(k for k in inductor if k not in known)
     if unknown:
-        raise ValueError(f"unknown dit_cache option(s) {sorted(unknown)}: expected {sorted(_OPTION_KEYS)}")
+        raise ValueError(f"unknown dit_cache option(s) {unknown}: expected {sorted(_OPTION_KEYS | {'mode'})} "
+                         "or torch._inductor.config settings (e.g. 'max_autotune')")
     return Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
-                   strict=options.get("strict", False), calibrator_config=options.get("calibrator_config"))
+                   strict=options.get("strict", False), calibrator_config=options.get("calibrator_config"),
+                   compile_options=CompileOptions(mode=mode, options=inductor))
 
 
 _PARAM = re.compile(r"^l_(self|fn_args_0)_.*_(parameters|buffers)_")
@@ -102,7 +111,8 @@ def register(module: Any, session: Session) -> None:
         _SESSIONS[t] = session
 
 
-def _resolver(runner: Runner, options: Optional[dict], report: Optional[GraphReport]) -> Callable[[tuple], Session]:
+def _resolver(runner: Runner, options: Optional[dict], report: Optional[GraphReport],
+              mode: Optional[str] = None) -> Callable[[tuple], Session]:
     """torch.compile compares backends by their options' value, and dynamo keeps one cache per
     code object of the class's forward: every instance of a class (and every equal ``options``)
     shares this runner. The parameters passed in as graph inputs tell the modules apart: each
@@ -118,10 +128,10 @@ def _resolver(runner: Runner, options: Optional[dict], report: Optional[GraphRep
             session = next((s for s in map(_SESSIONS.get, keys[1:]) if s is not None), None)
             if session is None and not keys:
                 if not fallback:
-                    fallback.append(session_for_options(options))
+                    fallback.append(session_for_options(options, mode))
                 session = fallback[0]
             if session is None:
-                session = session_for_options(options)
+                session = session_for_options(options, mode)
             for t in keys:
                 _SESSIONS[t] = session
         if runner not in session.runners:
@@ -137,8 +147,8 @@ def dit_cache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any],
                       options: Optional[dict] = None, mode: Optional[str] = None) -> Callable:
     """Dynamo backend entry point (``backend="dit_cache"``). The session passed to ``build`` only
     analyses the graph; at run time each module is served by its own session (``_resolver``)."""
-    template = session_for_options(options)
+    template = session_for_options(options, mode)
     fn = build(gm, example_inputs, template)
     if isinstance(fn, Runner):
-        fn.resolve = _resolver(fn, options, template.graphs[-1] if template.graphs else None)
+        fn.resolve = _resolver(fn, options, template.graphs[-1] if template.graphs else None, mode)
     return fn

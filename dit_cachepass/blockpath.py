@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .patterns import FlowShape, ForwardPattern, classify
+from .matcher import torch_layer_class
 from .plan import LoopPlan, plan
 from .runtime.middle import MiddleCall
 
@@ -81,7 +82,9 @@ def _flat(out: Any) -> tuple[list[Any], bool]:
 
 
 def top_level_lists(module: nn.Module) -> dict[str, nn.ModuleList]:
-    return {name: m for name, m in module.named_children() if isinstance(m, nn.ModuleList) and len(m) >= 1}
+    # lists of plain torch.nn layers (an MLP's) hold no transformer blocks
+    return {name: m for name, m in module.named_children()
+            if isinstance(m, nn.ModuleList) and len(m) >= 1 and not torch_layer_class(type(m[0]))}
 
 
 def trace_block_calls(module: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[BlockCall]]:

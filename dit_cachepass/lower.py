@@ -7,12 +7,74 @@ between pieces costs no recompile.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
 
 BACKENDS = ("inductor", "aot_eager", "eager")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """torch.compile's knobs, applied to every piece the pass compiles.
+
+    ``mode`` and ``options`` (Inductor config patches, e.g. ``{"max_autotune": True}`` or
+    ``{"triton.cudagraphs": True}``) reach Inductor for every piece, as ``torch.compile(mode=,
+    options=)`` would for the whole model; ``options`` wins over ``mode`` where both set a key.
+    ``dynamic``: None (static first, automatic dynamic from a module's second input shape),
+    True (symbolic sizes from the start), False (static always: one recompile per shape).
+    ``fullgraph=True``: a graph break raises instead of splitting the forward."""
+
+    mode: Optional[str] = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dynamic: Optional[bool] = None
+    fullgraph: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is invalid: expected one of {', '.join(MODES)} (or None).")
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"options must be a dict of Inductor settings, got {type(self.options).__name__}")
+        known = torch._inductor.config.get_config_copy()
+        unknown = sorted(k for k in self.options if k not in known)
+        if unknown:
+            import difflib
+
+            hints = {k: difflib.get_close_matches(k, list(known), n=1) for k in unknown}
+            hint = "; ".join(f"{k!r}: did you mean {h[0]!r}?" for k, h in hints.items() if h)
+            raise ValueError(f"unknown Inductor option(s) {unknown}: options are torch._inductor.config "
+                             f"settings, as torch.compile(options=...) takes them{'; ' + hint if hint else ''}")
+        if self.dynamic not in (None, True, False):
+            raise TypeError(f"dynamic={self.dynamic!r} is invalid: expected None, True or False")
+        if not isinstance(self.fullgraph, bool):
+            raise TypeError(f"fullgraph={self.fullgraph!r} is invalid: expected a bool")
+
+    def inductor_patches(self) -> dict[str, Any]:
+        """The Inductor config patches of ``mode`` and ``options``, as torch.compile derives them."""
+        patches = dict(torch._inductor.list_mode_options(self.mode, self.dynamic)) if self.mode else {}
+        patches.update(self.options)
+        return patches
+
+    @property
+    def cudagraphs(self) -> bool:
+        return bool(self.inductor_patches().get("triton.cudagraphs", False))
+
+    def __bool__(self) -> bool:
+        return self != CompileOptions()
+
+
+_CUDAGRAPHS_UNVERIFIED = ("CUDA graphs (mode='reduce-overhead' / 'max-autotune' or triton.cudagraphs) with "
+                          "dit_cachepass have not been verified on a GPU yet: cached residuals are kept outside "
+                          "the graph pool, but please compare outputs against mode='default' once")
+
+
+def warn_if_unverified(opts: "CompileOptions") -> None:
+    if opts.cudagraphs:
+        warnings.warn(f"dit_cachepass: {_CUDAGRAPHS_UNVERIFIED}", stacklevel=3)
 
 
 def check_backend(backend: str) -> str:
@@ -21,22 +83,39 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: str) -> Callable:
+def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: str,
+                  opts: Optional[CompileOptions] = None) -> Callable:
     if backend == "eager":
         return gm.forward
     if backend == "aot_eager":
         return torch._dynamo.lookup_backend("aot_eager")(gm, list(example_inputs))
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, list(example_inputs))
+    patches = opts.inductor_patches() if opts is not None else {}
+    return compile_fx(gm, list(example_inputs), config_patches=patches or None)
 
 
-def _signature(args: Sequence[Any]) -> tuple:
+def _signature(args: Sequence[Any], watch: Sequence[int]) -> tuple:
     """Inductor specializes on strides too (and asserts them on entry): a piece fed once by a
     computed middle and once by a cached residual apply may see the same shape laid out
-    differently (e.g. a view out of an all-to-all under context parallelism)."""
-    return tuple((tuple(a.shape), a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else a
-                 for a in args)
+    differently (e.g. a view out of an all-to-all under context parallelism). Only the
+    ``watch``ed positions are read: the rest (parameters, static graph inputs) are guarded by
+    dynamo before the runner is ever called, so reading them on every call would be wasted
+    work that grows with the model."""
+    sig = []
+    for k in watch:
+        a = args[k]
+        sig.append((a.shape, a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else a)
+    return tuple(sig)
+
+
+def guarded_by_dynamo(node: fx.Node) -> bool:
+    """A placeholder whose fake value has static sizes and strides: dynamo's tensor guards
+    check exactly those (and dtype, device) before the graph runs, so the runner need not."""
+    v = node.meta.get("example_value")
+    if not isinstance(v, torch.Tensor):
+        return False
+    return not any(isinstance(d, torch.SymInt) for d in (*v.shape, *v.stride()))
 
 
 def _without_fake_meta(gm: fx.GraphModule) -> fx.GraphModule:
@@ -62,45 +141,53 @@ def has_symbolic_inputs(gm: fx.GraphModule) -> bool:
 
 
 def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool,
-                  on_fail: Optional[Callable[[Exception], None]] = None) -> Callable:
+                  on_fail: Optional[Callable[[Exception], None]] = None,
+                  watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None) -> Callable:
     """Every piece is compiled lazily, once per input shape-and-stride signature, with the real
     tensors of its first call at that signature (``LazyCompiled``), also the pieces of a graph
     captured with dynamic shapes (``symbolic``): their fake metadata belongs to the parent
     capture's ShapeEnv and is dropped (``_without_fake_meta``), and their SymInt inputs arrive
     as plain ints, part of the signature. (A nested ``torch.compile`` is not used: called from
     inside the parent's compiled graph it never compiled, and it would have its own recompile
-    limit.)"""
-    return LazyCompiled(gm, backend, on_fail)
+    limit.) ``watch``: the argument positions whose layout may change between calls (None: all).
+    """
+    return LazyCompiled(gm, backend, on_fail, watch, opts)
 
 
 class LazyCompiled:
     """A piece compiled on first use, once per input shape-and-stride signature (a graph captured with
     dynamic shapes serves several shapes; a statically compiled piece serves one).
-    ``__call__(*args)`` returns the piece's output tuple."""
+    ``__call__(*args)`` returns the piece's output tuple. Only the ``watch``ed arguments make up
+    the signature (activations between pieces, symbolic graph inputs); with none to watch, the
+    piece compiles once and a call is one Python call."""
 
-    __slots__ = ("gm", "backend", "fns", "last", "on_fail")
+    __slots__ = ("gm", "backend", "fns", "last_sig", "last_fn", "on_fail", "watch", "opts")
 
-    def __init__(self, gm: fx.GraphModule, backend: str, on_fail: Optional[Callable[[Exception], None]] = None):
-        self.gm, self.backend, self.on_fail = gm, backend, on_fail
+    def __init__(self, gm: fx.GraphModule, backend: str, on_fail: Optional[Callable[[Exception], None]] = None,
+                 watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None):
+        self.gm, self.backend, self.on_fail, self.opts = gm, backend, on_fail, opts
+        n = sum(1 for node in gm.graph.nodes if node.op == "placeholder")
+        self.watch = tuple(range(n)) if watch is None else tuple(watch)
         self.fns: dict[tuple, Callable] = {}
-        self.last: Optional[tuple[tuple, Callable]] = None
+        self.last_sig: Optional[tuple] = None
+        self.last_fn: Optional[Callable] = None
 
     def __call__(self, *args: Any) -> Any:
         if self.backend == "eager":
             return self.gm(*args)
-        sig = _signature(args)
-        if self.last is None or self.last[0] != sig:  # the common case: same shapes as last call
+        sig = _signature(args, self.watch)
+        if sig != self.last_sig:  # the common case: same layout as the last call
             fn = self.fns.get(sig)
             if fn is None:
                 fn = self.fns[sig] = self._compile(args)
-            self.last = (sig, fn)
-        return self.last[1](*args)
+            self.last_sig, self.last_fn = sig, fn
+        return self.last_fn(*args)
 
     def _compile(self, args: Sequence[Any]) -> Callable:
         """A backend that cannot compile a piece leaves that piece uncompiled (eager), with a
         warning through ``on_fail`` (which raises in strict mode); the cache still works."""
         try:
-            return compile_graph(_without_fake_meta(self.gm), args, self.backend)
+            return compile_graph(_without_fake_meta(self.gm), args, self.backend, self.opts)
         except Exception as err:  # noqa: BLE001
             if self.on_fail is None:
                 raise

@@ -20,7 +20,13 @@ import torch.fx as fx
 from .capture import BlockRef, CapturedGraph
 from .patterns import FlowShape, ForwardPattern, classify
 
-NO_BLOCK_LIST = "no ModuleList whose children are called in sequence was found in the graph"
+# What a transformer block list is, here: an nn.ModuleList of >= 2 blocks (modules of their
+# own, not plain torch.nn layers such as Linear or Sequential) called one after another, each
+# block passing a stream to the next that keeps its shape (a residual stream). An MLP's layers
+# or a UNet's down/up stages (which change resolution and channels) are not.
+NO_BLOCK_LIST = ("no transformer block list: no ModuleList of 2 or more blocks (modules of their own, not "
+                 "plain torch.nn layers) whose children are called in sequence, each passing a same-shaped "
+                 "stream to the next")
 Slot = tuple[int, int]  # (local index of first consumer in the block, input position)
 MIN_LIST_SHARE = 0.2  # a list with < 20 % of the largest list's ops is auxiliary
 
@@ -75,6 +81,14 @@ class MatchResult:
     loops: list[BlockLoop]
     reasons: list[str] = field(default_factory=list)  # why something was not matched
     notes: list[str] = field(default_factory=list)  # decisions worth showing in explain()
+    # lists that are not transformer block lists, and why (reasons only when nothing is matched)
+    rejected: list[str] = field(default_factory=list)
+
+
+def torch_layer_class(cls: type) -> bool:
+    """A plain torch.nn layer or container (Linear, Conv2d, Sequential...): an MLP's layers, not
+    transformer blocks (those are modules of their own: a diffusers or user block class)."""
+    return cls.__module__.startswith("torch.nn.")
 
 
 def _signature(nodes: list[fx.Node]) -> tuple:
@@ -141,6 +155,11 @@ def _candidate_lists(cap: CapturedGraph, result: MatchResult,
         idxs = sorted(per_idx)
         blocks = [Block(BlockRef(path, i), per_idx[i], _signature(per_idx[i])) for i in idxs]
         expected = (list_lengths or {}).get(path)
+        cls = cap.block_class.get(path)
+        if cls is not None and torch_layer_class(cls):
+            if cap.top_level.get(path, False):  # nested ones (a block's ff.net) are the blocks' insides
+                result.rejected.append(f"{path}: its blocks are torch.nn.{cls.__name__} layers, not transformer blocks")
+            continue
         if len(blocks) < 2 and (idxs != [0] or expected not in (None, 1)):
             continue  # a one-block list is a candidate only as a link of a chain (FLUX 1 double + 1 single)
         if idxs != list(range(len(idxs))) or (expected is not None and len(idxs) != expected):
@@ -261,7 +280,7 @@ def _trace_threads(blocks: list[Block], cap: CapturedGraph, result: MatchResult,
     pos = [{x: q for q, x in enumerate(b.nodes)} for b in blocks]
     edges = [_edges(ext[i + 1], blocks[i], origins) for i in range(n - 1)]
     if n < 2 or not edges[0]:
-        result.reasons.append(f"{name}: no value flows from block 0 to block 1 (not a chain)")
+        result.rejected.append(f"{name}: no value flows from block 0 to block 1 (not a chain)")
         return None
 
     def same(i: int, j: int) -> bool:
@@ -441,6 +460,11 @@ def match(cap: CapturedGraph, layout: str = "auto",
         threads = _trace_threads(seq, cap, result, "+".join(lists))
         if threads is None:
             continue
+        reshaped = _reshaped(seq, threads[_hidden_thread(threads)])
+        if reshaped:
+            result.rejected.append(f"{'+'.join(lists)}: {reshaped}: stages that change the stream's shape "
+                                   "(a UNet's down/up blocks), not transformer blocks over a residual stream")
+            continue
         patterns, start = {}, 0
         for g in group:
             part = [Thread(t.inputs[start:start + len(g)], t.outputs[start:start + len(g)]) for t in threads]
@@ -450,6 +474,26 @@ def match(cap: CapturedGraph, layout: str = "auto",
         if len(lists) > 1:
             result.notes.append(f"chained {'+'.join(lists)}: streams pass straight from list to list")
     result.loops = loops
-    if not loops and not result.reasons:
-        result.reasons.append(NO_BLOCK_LIST)
+    if loops:
+        result.notes += result.rejected
+    else:
+        if not result.reasons:
+            result.reasons.append(NO_BLOCK_LIST)
+        result.reasons += result.rejected
     return result
+
+
+def _reshaped(blocks: list[Block], thread: Thread) -> str:
+    """Where the hidden stream leaves a block with another shape than it came in with, if so."""
+    for b, i, o in zip(blocks, thread.inputs, thread.outputs):
+        a, z = (_layout(i) if i is not None else None), (_layout(o) if o is not None else None)
+        if a is not None and z is not None and a[0] != z[0]:
+            return f"block {b.ref} turns its stream of shape {list(a[0])} into {list(z[0])}"
+    first, last = thread.outputs[0], thread.inputs[-1]
+    if thread.inputs[0] is None and thread.outputs[-1] is None and first is not None and last is not None:
+        # no input of block 0 has the shape of the stream it passes on, nor any output of the last
+        # block the shape of the stream it receives: each block changes the stream's shape
+        return (f"block {blocks[0].ref} passes on a stream of shape {list(_layout(first)[0])} that none of its "
+                f"inputs has, and block {blocks[-1].ref} returns none of the shape it receives "
+                f"({list(_layout(last)[0])})")
+    return ""

@@ -15,18 +15,33 @@ are warmup steps anyway. ``explain()`` reports the path a model takes and why.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch._dynamo.comptime import comptime
 
 from . import blockpath
-from .lower import check_backend
+from .lower import CompileOptions, check_backend
+from .matcher import NO_BLOCK_LIST
 from .session import GraphReport, Session
 
 CAPTURE_FLAGS = dict(capture_scalar_outputs=True, capture_dynamic_output_shape_ops=True)
 PATHS = ("auto", "graph", "block")
+NESTED_FIX = ("call the dcp.compile'd module directly, or use torch.compile(m, backend='dit_cache') "
+              "instead of nesting")
+NESTED = ("a dcp.compile'd module is being traced by an outer torch.compile (torch.compile over dcp.compile): "
+          "the outer compile traces its plain forward, so nothing is cached (every step is computed, the "
+          f"outputs stay exact); {NESTED_FIX}")
+
+
+def warn_nested(ctx: Any = None) -> None:
+    """Run by ``comptime`` while an outer torch.compile traces a compiled module's forward:
+    once per trace, at compile time, without a graph break (``fullgraph=True`` keeps working);
+    Python's default warning filter then shows it once."""
+    warnings.warn(f"dit_cachepass: {NESTED}", stacklevel=2)
 
 
 def check_path(path: str) -> str:
@@ -46,6 +61,10 @@ def block_path_may_help(module: nn.Module, graphs: list[GraphReport]) -> bool:
     a loop too short for the config (the block path would plan the same)."""
     if any(g.loops for g in graphs) or not blockpath.top_level_lists(module):
         return False
+    reasons = graphs[0].reasons if len(graphs) == 1 else []
+    if any("change the stream's shape" in r for r in reasons) and all(
+            r == NO_BLOCK_LIST or "not transformer blocks" in r for r in reasons):
+        return False  # one whole graph whose lists are no transformer block lists (a UNet's stages)
     return not (graphs and all(g.skipped and not g.reasons for g in graphs))
 
 
@@ -56,7 +75,7 @@ def block_path_report(module: nn.Module, session: Session, calls: list[blockpath
     return GraphReport(len(calls), plans, reasons, notes, skipped)
 
 
-def regional_compiler(backend: str) -> Callable[[nn.Module], Callable]:
+def regional_compiler(backend: str, opts: Optional[CompileOptions] = None) -> Callable[[nn.Module], Callable]:
     """Compile a block's forward once per block class (dynamo caches per code object and
     takes parameters as inputs), as diffusers' ``compile_repeated_blocks`` does. Automatic
     dynamic shapes: a second resolution recompiles once with dynamic sizes instead of once
@@ -65,7 +84,11 @@ def regional_compiler(backend: str) -> Callable[[nn.Module], Callable]:
 
     def compile_block(block: nn.Module) -> Callable:
         fwd = block.__dict__.get("forward") or type(block).forward.__get__(block)
-        return fwd if backend == "eager" else torch.compile(fwd, backend=backend, dynamic=None)
+        if backend == "eager":
+            return fwd
+        patches = opts.inductor_patches() if opts is not None and backend == "inductor" else {}
+        dynamic = opts.dynamic if opts is not None else None
+        return torch.compile(fwd, backend=backend, dynamic=dynamic, options=patches or None)
     return compile_block
 
 
@@ -111,7 +134,7 @@ class ModulePaths:
         # dynamic shapes (the dims that change become symbolic, floats stay constants). Not automatic
         # from the start: its profile is keyed by the forward's file and line, so one model's
         # resolutions would make every later model of the class start symbolic
-        self.dynamic: Optional[bool] = False
+        self.dynamic: Optional[bool] = session.compile_options.dynamic is True
         self.first_shapes: Optional[tuple] = None
         self.compiled = self.compile_graph_path(make_forward()) if self.stage == "graph" else None
         self.runner: Optional[blockpath.BlockRunner] = None
@@ -122,7 +145,8 @@ class ModulePaths:
 
         def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
             return me()._build(gm, example_inputs)
-        return torch.compile(fn, backend=backend, dynamic=self.dynamic)
+        return torch.compile(fn, backend=backend, dynamic=self.dynamic,
+                             fullgraph=self.session.compile_options.fullgraph)
 
     def _build(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
         """The dynamo backend of this module: the pass (``backend.build``) with this session;
@@ -143,6 +167,16 @@ class ModulePaths:
         return run
 
     @property
+    def patches(self) -> dict:
+        """Dynamo settings for this module's calls only. dynamic=True would also make Python
+        floats (a LayerNorm's eps) symbolic 0-d tensor inputs read with ``.item()``, which a
+        piece compiled on its own cannot trace: floats stay specialized (guarded by value)."""
+        p = dict(CAPTURE_FLAGS) if self.stage == "flags" else {}
+        if self.session.compile_options.dynamic is True:
+            p["specialize_float"] = True
+        return p
+
+    @property
     def name(self) -> str:
         return {"graph": "graph", "flags": "graph (scalar/dynamic-output capture)",
                 "block-pending": "block", "block": "block"}[self.stage]
@@ -153,7 +187,7 @@ class ModulePaths:
             return self.eager(*args, **kwargs)
         if self.stage == "block-pending":
             return self._trace_blocks(args, kwargs)
-        if self.dynamic is False:  # until the switch, per call: is this a second resolution?
+        if self.dynamic is False and self.session.compile_options.dynamic is None:  # until the switch, per call
             shapes = tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
             if self.first_shapes is None:
                 self.first_shapes = shapes
@@ -161,8 +195,8 @@ class ModulePaths:
                 self.dynamic = None  # a second resolution: automatic dynamic from now on
                 self.compiled = self.compile_graph_path(self.make_forward())
         runs = self.graph_runs
-        if self.stage == "flags":
-            with torch._dynamo.config.patch(**CAPTURE_FLAGS):
+        if self.patches:
+            with torch._dynamo.config.patch(**self.patches):
                 out = self.compiled(*args, **kwargs)
         else:
             out = self.compiled(*args, **kwargs)
@@ -172,8 +206,18 @@ class ModulePaths:
             self._ran_eagerly(args, kwargs)
         return out
 
+    @staticmethod
+    def nested_call(forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """A call traced by an outer torch.compile (``torch.compiler.is_compiling()``): dynamo
+        would inline this module's own compiled forward and ignore its backend, so no cached
+        graph could run and the call would look like a recompile-limit fallback. Instead the
+        plain ``forward`` is traced (exact, never stale) and ``NESTED`` warns at compile time."""
+        comptime(warn_nested)
+        return forward(*args, **kwargs)
+
     def _ran_eagerly(self, args: tuple, kwargs: dict) -> None:
-        """A cached module whose call ran no cached graph: dynamo gave up on this call."""
+        """A cached module whose call ran no cached graph: dynamo gave up on this call (a call
+        traced by an outer torch.compile never gets here: ``CachedForward`` warns ``NESTED``)."""
         shapes = [tuple(v.shape) for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor)]
         limit = torch._dynamo.config.recompile_limit
         self.session.warn_once(
@@ -221,7 +265,7 @@ class ModulePaths:
             self._back_to_graph()
             s.checked_first_forward = False  # after_forward warns with the reasons
             return out
-        self.runner = blockpath.BlockRunner(s, plans, regional_compiler(s.backend))
+        self.runner = blockpath.BlockRunner(s, plans, regional_compiler(s.backend, s.compile_options))
         for rt in self.runner.runtimes:  # copies / pickles of a block get its own forward back
             for block, _prior in rt.saved:
                 fn = block.__dict__.get("forward")

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from .config import DBCacheConfig, ParamsModifier, CalibratorConfig
-from .lower import check_backend
+from .lower import CompileOptions, check_backend, warn_if_unverified
 from .runtime.state import LoopState
 
 log = logging.getLogger("dit_cachepass")
@@ -60,7 +60,7 @@ class Session:
                  strict: bool = False, list_lengths: Optional[dict[str, int]] = None,
                  calibrator_config: Optional[CalibratorConfig] = None,
                  params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
-                 process_group: Any = None):
+                 process_group: Any = None, compile_options: Optional[CompileOptions] = None):
         self.config = config if config is not None else DBCacheConfig()
         if not isinstance(self.config, DBCacheConfig):
             raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
@@ -89,6 +89,13 @@ class Session:
             pm.validate()
         self.process_group = process_group  # ranks whose decisions must agree (sharded activations)
         self.backend = check_backend(backend)
+        if compile_options is not None and not isinstance(compile_options, CompileOptions):
+            raise TypeError(f"compile_options must be a CompileOptions, got {type(compile_options).__name__}")
+        self.compile_options = compile_options if compile_options is not None else CompileOptions()
+        if self.compile_options.inductor_patches() and backend != "inductor":
+            warnings.warn(f"dit_cachepass: mode/options are Inductor settings; backend={backend!r} ignores them",
+                          stacklevel=3)
+        warn_if_unverified(self.compile_options)
         self.strict = strict
         self.list_lengths = list_lengths
         self.states: dict[tuple[str, Branch], LoopState] = {}
@@ -128,7 +135,8 @@ class Session:
     def settings(self) -> dict:
         """The arguments that built this session (no state): a copy compiles with these."""
         return dict(config=self.config, backend=self.backend, strict=self.strict, list_lengths=self.list_lengths,
-                    calibrator_config=self.calibrator_config, params_modifiers=self.params_modifiers)
+                    calibrator_config=self.calibrator_config, params_modifiers=self.params_modifiers,
+                    compile_options=self.compile_options)
 
     def __deepcopy__(self, memo: dict) -> "Session":
         """A fresh session with the same settings and decision group: no cache state, graphs,

@@ -32,6 +32,11 @@ from ._utils import (
 DEFAULT_BLOCK = 2048
 
 
+def apply_num_warps(block_size: int) -> int:
+    """Warps for a ``block_size`` tile (launcher and AOT check)."""
+    return 4 if block_size <= 2048 else 8
+
+
 # --------------------------------------------------------------------------- kernel
 @triton.jit
 def _add_tile(x_ptr, r_ptr, out_ptr, tile, n_elements, EMULATE_RNE: tl.constexpr, BLOCK: tl.constexpr):
@@ -114,7 +119,7 @@ def apply_residuals_triton(
     _apply_residuals_kernel[(blocks_h + blocks_e,)](
         h, hr, ho, n_h, blocks_h, e, er, eo, n_e,
         HAS_E=encoder is not None, EMULATE_RNE=emulate_rne(), BLOCK=block_size,
-        num_warps=4 if block_size <= 2048 else 8,
+        num_warps=apply_num_warps(block_size),
     )
     results = []
     for _, _, out, target in flat:

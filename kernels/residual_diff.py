@@ -40,6 +40,12 @@ from ._utils import (
 
 DEFAULT_BLOCK = 4096
 DEFAULT_REDUCE_BLOCK = 1024
+FINALIZE_WARPS = 4
+
+
+def partials_num_warps(block_size: int) -> int:
+    """Warps of the stage-1 kernel for a ``block_size`` tile (launcher and AOT check)."""
+    return 8 if block_size >= 4096 else 4
 
 
 # --------------------------------------------------------------------------- kernels
@@ -121,7 +127,7 @@ def _launch(
     res = torch.empty(a.shape, dtype=a.dtype, device=a.device) if write_res else None
     grid_n = triton.cdiv(n, block_size)
     partials = torch.empty(2 * grid_n if prev is not None else 1, dtype=torch.float32, device=a.device)
-    num_warps = 8 if block_size >= 4096 else 4
+    num_warps = partials_num_warps(block_size)
     _diff_partials_kernel[(grid_n,)](
         a_c, b_c, prev_c, res if res is not None else a_c, partials, n, grid_n,
         HAS_B=b is not None, HAS_PREV=prev is not None, WRITE_RES=write_res, EMULATE_RNE=emulate_rne(),
@@ -130,7 +136,7 @@ def _launch(
     if prev is None:
         return res, torch.full((), float("inf"), dtype=torch.float32, device=a.device)
     ratio = torch.empty((), dtype=torch.float32, device=a.device)
-    _ratio_finalize_kernel[(1,)](partials, ratio, grid_n, BLOCK=reduce_block, num_warps=4)
+    _ratio_finalize_kernel[(1,)](partials, ratio, grid_n, BLOCK=reduce_block, num_warps=FINALIZE_WARPS)
     return res, ratio
 
 

@@ -41,6 +41,7 @@ from ._utils import (
 
 DEFAULT_BLOCK = 1024
 MAX_ORDER = 4
+NUM_WARPS = 4  # both kernels, any block size (launchers and AOT check)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -188,7 +189,7 @@ def taylor_update_triton(
     n = y.numel()
     _taylor_update_kernel[(triton.cdiv(n, block_size),)](
         y, *prev_args, *new_args, n, float(window),
-        N_NEW=k, EMULATE_RNE=emulate_rne(), BLOCK=block_size, num_warps=4,
+        N_NEW=k, EMULATE_RNE=emulate_rne(), BLOCK=block_size, num_warps=NUM_WARPS,
     )
     out[1 : k + 1] = news
     return out
@@ -217,7 +218,7 @@ def taylor_predict_apply_triton(
     _taylor_predict_kernel[(triton.cdiv(n, block_size),)](
         *(d + [d[0]] * (MAX_ORDER + 1 - len(d))), *coefs, base_c, out, n,
         N_TERMS=len(terms), HAS_BASE=base is not None, EMULATE_RNE=emulate_rne(), BLOCK=block_size,
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )
     return out
 

@@ -3,6 +3,7 @@ compute it or to rebuild its outputs from the cached residuals."""
 
 from __future__ import annotations
 
+import operator
 import re
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
 # the model's own timestep argument (l_timestep_, l_kwargs_timestep_), never a parameter such
 # as l_self_..._timestep_embedder_..._weight_
 _TIMESTEP = re.compile(r"^l_(kwargs_)?timesteps?_$", re.IGNORECASE)
+
+
+def _gatherer(slots: list[int]) -> Callable[[list], tuple]:
+    if len(slots) == 1:
+        j = slots[0]
+        return lambda env: (env[j],)
+    if not slots:
+        return lambda env: ()
+    return operator.itemgetter(*slots)
 
 
 def _spec(v: Any) -> Any:
@@ -51,11 +61,17 @@ class Runner:
         return s
 
     def __init__(self, prog: SplitProgram, session: "Session", loops: list["LoopPlan"], backend: str,
-                 symbolic: bool = False):
+                 symbolic: bool = False, guarded: frozenset[int] = frozenset()):
         self.prog = prog
         self._session = weakref.ref(session)
         self._strong: Optional["Session"] = session  # dropped by ``weaken``
-        self.fns = [compile_piece(p.gm, backend, symbolic, self._lower_failed) for p in prog.pieces]
+        # per piece, the input positions whose layout can change between calls: activations made
+        # by other pieces (a cached step's rebuilt streams), never the ``guarded`` graph arguments
+        self.fns = [compile_piece(p.gm, backend, symbolic, self._lower_failed,
+                                  [k for k, j in enumerate(p.inputs) if j not in guarded], session.compile_options)
+                    for p in prog.pieces]
+        # precomputed argument gathering: one C call per piece instead of a list over ~1000 parameters
+        self.gather = [_gatherer(p.inputs) for p in prog.pieces]
         self.loops = loops
         self.loop_names = loop_names = [lp.name for lp in loops]
         self.arg_specs: list[Any] = [None] * len(prog.pieces)  # shapes of each piece's first call
@@ -86,18 +102,33 @@ class Runner:
         session = self.session if self.resolve is None else self.resolve(args)
         session.begin_call(args[self.timestep_slot] if self.timestep_slot is not None else None)
         try:
-            for i, (piece, fn) in enumerate(zip(prog.pieces, self.fns)):
-                if self.arg_specs[i] is None:
-                    self.arg_specs[i] = [_spec(env[j]) for j in piece.inputs]
+            if self.arg_specs[-1] is None:
+                return self._first_call(env, session)
+            for piece, fn, gather in zip(prog.pieces, self.fns, self.gather):
                 if piece.kind == "middle" and session.unsure is None:
-                    self._middle(piece, fn, env, session)
+                    self._middle(piece, fn, gather, env, session)
                 else:  # glue, Fn, Bn; or a call no state may see: compute the middle too
-                    self._run(piece, fn, env)
+                    for s, v in zip(piece.outputs, fn(*gather(env))):
+                        env[s] = v
         except BaseException:
             session.abort_call()  # counters, buffers and records as before this call
             raise
         session.end_call()
-        return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
+        return self._result(env)
+
+    def _result(self, env: list[Any]) -> Any:
+        return fx.node.map_aggregate(self.prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
+
+    def _first_call(self, env: list[Any], session: "Session") -> Any:
+        """The first call also records each piece's argument shapes (for ``piece_flops``)."""
+        for i, (piece, fn, gather) in enumerate(zip(self.prog.pieces, self.fns, self.gather)):
+            self.arg_specs[i] = [_spec(env[j]) for j in piece.inputs]
+            if piece.kind == "middle" and session.unsure is None:
+                self._middle(piece, fn, gather, env, session)
+            else:
+                self._run(piece, fn, env)
+        session.end_call()
+        return self._result(env)
 
     def piece_flops(self) -> Optional[list[int]]:
         """FLOPs of one run of each piece, counted once under FakeTensorMode (no memory, no
@@ -125,7 +156,7 @@ class Runner:
         for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
             env[s] = v
 
-    def _middle(self, piece, fn, env: list[Any], session: Optional["Session"] = None) -> None:
+    def _middle(self, piece, fn, gather, env: list[Any], session: Optional["Session"] = None) -> None:
         """DBCache: the whole middle, decided on the Fn residual. DBPrune: one block, decided
         on that block's input (``piece.block``)."""
         spec, key = piece.spec, piece.block
@@ -137,7 +168,8 @@ class Runner:
                           self.never_cache.get(piece.loop), spec.hidden_pair, env[spec.hidden_inF],
                           env[spec.hidden_in0], [env[i] for i, _ in spec.residual_pairs])
         if not call.cache:
-            self._run(piece, fn, env)
+            for s, v in zip(piece.outputs, fn(*gather(env))):
+                env[s] = v
             return call.computed([env[o] for o in outs], [env[o] for o in spec.value_outputs])
         new, values = call.cached()
         for o, v in zip(outs + spec.value_outputs, new + values):

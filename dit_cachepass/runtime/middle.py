@@ -47,6 +47,9 @@ class MiddleCall:
         state.step = session.step
         state.never_cache = never_cache
         self.key, self.ins = key, ins
+        # CUDA graphs: a piece's outputs live in the graph pool and the next replay overwrites
+        # them, so whatever the state keeps of them is copied out first
+        self.own = session.compile_options.cudagraphs
         reference = state.reference_for(key, x, ins)
         group = session.process_group
         if group is not None:  # sharded activations: every rank must take the same decision
@@ -85,9 +88,12 @@ class MiddleCall:
     def computed(self, outs: list[torch.Tensor], values: list[Any]) -> None:
         """Store what the computed middle produced (its residuals and non-tensor outputs)."""
         state, cal = self.state, self.state.calibrator
-        residuals = [o - t for o, t in zip(outs, self.ins)]
-        state.store(self.key, self.measured, residuals, values)
+        residuals = [o - t for o, t in zip(outs, self.ins)]  # new tensors, outside any graph pool
+        # DBPrune's reference is the block's input, a piece output (DBCache's is the Fn residual: new)
+        reference = self.measured.clone() if self.own and self.key is not None else self.measured
+        state.store(self.key, reference, residuals, values)
         for k in range(len(outs)):
             if self.calibrated[k]:
-                cal.update(k, residuals[k] if cal.cache_type == "residual" else outs[k], state.step)
+                hidden = outs[k].clone() if self.own else outs[k]
+                cal.update(k, residuals[k] if cal.cache_type == "residual" else hidden, state.step)
         state.record(self.decision, self.key)

@@ -109,7 +109,8 @@ class LoopState:
                 self.continuous = continuous = 0  # a run of pruned steps ended before this step
             continuous -= 1 if rec is not None and rec.cached else 0
             threshold = lambda: self.config.prune_threshold(rec.diffs if rec is not None else [])  # noqa: E731
-        d = self.policy.decide(self.step, len(self.cached_steps), continuous, self.accumulated,
+        n_cached = len(self.cached_steps) if self.config.max_cached_steps >= 0 else 0  # O(steps): only when capped
+        d = self.policy.decide(self.step, n_cached, continuous, self.accumulated,
                                reference is not None, lambda: self._shared_diff() or float(ratio), threshold)
         if reference is None and key in self.buffers and d.reason == "no-reference":
             d = Decision(False, "shape-change")
@@ -147,7 +148,9 @@ class LoopState:
         here would make later clean steps return NaN. Then the piece has no reference and its
         next call computes (one host sync per computed step)."""
         tensors = [reference, *residuals]
-        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else True
+        # one fused L1 norm per tensor (fp32 accumulation: no fp16 overflow), one check, one sync
+        acc = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        finite = torch.stack(torch._foreach_norm(tensors, 1, dtype=acc)).isfinite().all()
         if not bool(finite):
             self.buffers.pop(key, None)
             if self.warn is not None:

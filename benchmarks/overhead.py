@@ -1,0 +1,143 @@
+"""Host overhead per forward: what dit_cachepass's runner adds to a compiled forward.
+
+A tiny FLUX (4 double + 8 single blocks, inner dim 32, 16 image + 8 text tokens) has almost no
+compute, so the time per forward is dispatch, guards and the runner's own Python work: the part
+that bounds a fast GPU. Variants (all backend="inductor"):
+
+  plain        torch.compile(model), no cache
+  computed     dit_cachepass, every step computed (threshold 1e-9: the decision still runs)
+  cached       dit_cachepass, every step after the first cached (threshold 1e9, no limits)
+  cachedit     cache-dit 1.5.3 DBCache (same F/B, every step computed) + torch.compile
+  regional     dit_cachepass, lowering="regional", every step computed (only with --regional)
+
+Every variant runs --calls forwards per round; variants are interleaved round-robin for
+--rounds rounds; the table gives the median microseconds per forward and, per variant, the
+median ratio to ``plain`` measured in the same round with its min-max over rounds.
+
+    python benchmarks/overhead.py [--rounds 15] [--calls 100] [--threads 1] [--results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
+
+import torch  # noqa: E402
+
+import dit_cachepass as dcp  # noqa: E402
+
+F, B = 1, 0
+
+
+def build(seed: int = 0) -> torch.nn.Module:
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=4, num_single_layers=8, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
+    ).eval()
+
+
+def inputs(n_calls: int) -> tuple[dict, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(ys), ys, xs], -1).reshape(-1, 3).float()
+    kw = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+              pooled_projections=torch.randn(1, 32, generator=g), img_ids=img_ids, txt_ids=torch.zeros(8, 3),
+              return_dict=False)
+    # strictly decreasing timesteps: one long generation (a repeated timestep starts a new one)
+    ts = [torch.tensor([1.0 - i / (4 * n_calls)]) for i in range(n_calls * 1000)]
+    return kw, ts
+
+
+def make(key: str) -> Callable:
+    m = build()
+    if key == "plain":
+        return torch.compile(m, backend="inductor")
+    if key in ("computed", "cached", "regional"):
+        thr = 1e9 if key == "cached" else 1e-9
+        cfg = dcp.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=thr,
+                                max_warmup_steps=0)
+        kw = {"lowering": "regional"} if key == "regional" else {}
+        return dcp.compile(m, cfg, backend="inductor", **kw)
+    if key == "cachedit":
+        import cache_dit
+
+        cache_dit.enable_cache(m, cache_config=cache_dit.DBCacheConfig(
+            Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=1e-9, max_warmup_steps=0))
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 1024)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 8192)
+        return torch.compile(m, backend="inductor")
+    raise ValueError(key)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default: 15)")
+    p.add_argument("--calls", type=int, default=100, help="forwards per variant per round (default: 100)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, no OpenMP barrier stalls)")
+    p.add_argument("--variants", default="plain,computed,cached,cachedit",
+                   help="comma-separated (default: plain,computed,cached,cachedit; also: regional)")
+    p.add_argument("--regional", action="store_true", help="add the regional-lowering variant")
+    p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
+                   help="append the table to RESULTS.md (default path when given without a value)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    keys = args.variants.split(",") + (["regional"] if args.regional and "regional" not in args.variants else [])
+    kw, ts = inputs(args.calls)
+    it = iter(ts)
+    fns = {}
+    with torch.no_grad():
+        for k in keys:
+            fns[k] = make(k)
+            for _ in range(3):  # compile + settle (both runner branches of "cached")
+                fns[k](timestep=next(it), **kw)
+        times = {k: [] for k in keys}
+        for _ in range(args.rounds):
+            for k in keys:
+                f = fns[k]
+                steps = [next(it) for _ in range(args.calls)]
+                t0 = time.perf_counter()
+                for t in steps:
+                    f(timestep=t, **kw)
+                times[k].append((time.perf_counter() - t0) / args.calls * 1e6)
+    if "cached" in fns:
+        s = dcp.summary(fns["cached"])
+        loop = next(iter(s.loops.values())) if hasattr(s, "loops") and isinstance(s.loops, dict) else None
+        print(f"cached variant: {s}".splitlines()[0])
+    base = times.get("plain")
+    rows = []
+    for k in keys:
+        us = statistics.median(times[k])
+        if base is not None:
+            r = [a / b for a, b in zip(times[k], base)]
+            rows.append((k, us, statistics.median(r), min(r), max(r)))
+        else:
+            rows.append((k, us, float("nan"), float("nan"), float("nan")))
+    cpu = platform.processor() or platform.machine()
+    head = (f"overhead per forward, tiny FLUX 4+8 blocks (inner 32, 16+8 tokens), inductor, {args.threads} thread(s), "
+            f"{args.rounds} interleaved rounds x {args.calls} calls, {os.cpu_count()} CPU(s) {cpu}, torch {torch.__version__}")
+    lines = [head, "", "| variant | µs / forward (median) | ratio to plain (median) | ratio min-max |",
+             "|---|---:|---:|---:|"]
+    for k, us, r, lo, hi in rows:
+        lines.append(f"| {k} | {us:.0f} | {r:.3f} | {lo:.3f}-{hi:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.results:
+        cmd = "python benchmarks/overhead.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        with open(args.results, "a") as f:
+            f.write(f"\n### Runner overhead ({datetime.date.today()}, CPU, `{cmd.strip()}`)\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

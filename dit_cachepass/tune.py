@@ -1,0 +1,648 @@
+"""``dcp.tune``: propose ``residual_diff_threshold``, ``max_warmup_steps`` and
+``max_continuous_cached_steps`` for a target speedup, from one observed generation, then
+verify the proposal with one cached generation.
+
+1. **Observe.** The model is compiled with a config that never caches but still measures:
+   ``max_warmup_steps=0``, no caps, and a threshold of 1e-12 (a threshold of 0 would skip the
+   diff altogether). Every step computes, so its output is the uncached reference; after every
+   transformer call the Fn residual of that step (the tensor DBCache compares) is kept, and
+   the relative L1 diff of every pair of steps ``D[j, k] = sum|R_k - R_j| / sum|R_j|`` is
+   measured (the same formula as the runtime's).
+2. **Propose.** The runtime's own rule chain (``DBCachePolicy``) is replayed on ``D``: a
+   simulated cached step ``k`` compares its residual with the one of the last *simulated*
+   computed step ``j``, i.e. ``D[j, k]``. For every warmup length and continuous-step cap,
+   the smallest threshold whose simulated speedup reaches the target is found (bisection over
+   the measured diffs, each raised by ``margin``); the lowest threshold wins (ties: the longer
+   warmup, then the smaller cap). The simulation is approximate: once a step is cached the real
+   trajectory drifts from the uncached one, so later residuals (and diffs) differ a little.
+   When the residuals do not fit in ``max_residual_bytes``, only consecutive diffs ``d_k`` are
+   kept and ``D[j, k]`` is approximated by ``d_{j+1} + ... + d_k`` (an upper bound, looser).
+3. **Verify.** One cached generation with the proposal measures the truth: cached steps,
+   speedup and the output's error against the uncached reference. If it falls short of the
+   target, up to ``refine`` more generations raise the threshold just above the smallest
+   diff of a step that was predicted cached but computed.
+
+Speedup (``metric``):
+- ``"steps"`` (default): middle runs of the uncached generation / middle runs executed, over
+  every cached loop and CFG branch. For one loop: ``steps / computed steps``. This is the
+  speedup if the middle blocks were all the work.
+- ``"flops"``: what ``summary().ideal_speedup`` reports: FLOPs of the whole uncached call
+  (glue, Fn, middle, Bn) over FLOPs executed; Fn, Bn and glue always run, so it is lower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import CalibratorConfig, DBCacheConfig
+from .runtime.policy import DBCachePolicy
+from .stats import Summary
+
+OBSERVE_THRESHOLD = 1e-12  # > 0, so the diff is measured; no real diff is below it
+_DECISION_FIELDS = ("residual_diff_threshold", "max_warmup_steps", "max_continuous_cached_steps",
+                    "max_cached_steps", "max_accumulated_residual_diff_threshold", "steps_computation_mask")
+
+
+# --------------------------------------------------------------------------- simulation
+
+def pairwise_from_consecutive(diffs: Sequence[Optional[float]]) -> np.ndarray:
+    """``D[j, k] ~ d_{j+1} + ... + d_k`` from consecutive diffs (``diffs[k]`` = diff of step k vs
+    step k-1; ``diffs[0]`` is ignored). An upper bound of the real pairwise diff (triangle
+    inequality, up to the normalisation), used when the residuals were not kept."""
+    d = np.array([np.nan if v is None else float(v) for v in diffs], dtype=np.float64)
+    n = len(d)
+    out = np.full((n, n), np.nan)
+    for j in range(n):
+        acc = 0.0
+        for k in range(j + 1, n):
+            acc += d[k]
+            out[j, k] = acc
+    return out
+
+
+@dataclass
+class Simulation:
+    """One loop/branch replayed under a config: cached steps and the diff each step read."""
+
+    cached: list[int]
+    diffs: dict[int, float]  # step -> simulated diff (vs the simulated last computed step)
+    reasons: dict[int, str]
+    steps: int
+
+    @property
+    def computed(self) -> int:
+        return self.steps - len(self.cached)
+
+
+def simulate(pairwise: np.ndarray, config: DBCacheConfig) -> Simulation:
+    """Replay the runtime's rule chain (``DBCachePolicy``, first match wins) on pairwise diffs
+    ``pairwise[j, k]`` (diff of step k's Fn residual against step j's). Step 0 has no
+    reference; a cached step keeps the reference of the last computed step."""
+    policy = DBCachePolicy(config)
+    n = pairwise.shape[0]
+    last: Optional[int] = None
+    cached: list[int] = []
+    diffs: dict[int, float] = {}
+    reasons: dict[int, str] = {}
+    continuous, accumulated = 0, 0.0
+    for k in range(n):
+        j = last
+        d = policy.decide(k, len(cached), continuous, accumulated, j is not None,
+                          lambda: float(pairwise[j, k]))
+        reasons[k] = d.reason
+        if d.diff is not None:
+            diffs[k] = d.diff
+            if d.diff > 0:
+                accumulated += d.diff
+        if d.cache:
+            cached.append(k)
+            continuous += 1
+        else:
+            last, continuous = k, 0
+    return Simulation(cached, diffs, reasons, n)
+
+
+@dataclass
+class _Stream:
+    """One cached loop and branch of the observed generation."""
+
+    name: str
+    pairwise: np.ndarray
+    consecutive: list[Optional[float]]
+    weight: float  # work skipped per cached step (1, or the middle's FLOPs)
+
+
+@dataclass
+class Proposal:
+    config: DBCacheConfig
+    sims: list[Simulation]
+    speedup: float
+    reached: bool
+
+
+def _speedup(streams: Sequence[_Stream], sims: Sequence[Simulation], full: float) -> float:
+    executed = full - sum(s.weight * len(sim.cached) for s, sim in zip(streams, sims))
+    return full / executed if executed > 0 else math.inf
+
+
+def propose(streams: Sequence[_Stream], base: DBCacheConfig, target: float, full: float, *,
+            warmups: Optional[Sequence[int]] = None, continuous: Sequence[int] = (1, 2, 3, 4, -1),
+            margin: float = 0.02) -> Proposal:
+    """The lowest threshold (over every warmup in ``warmups`` and cap in ``continuous``) whose
+    simulated speedup reaches ``target``; ties go to the longer warmup, then the smaller cap.
+    ``full``: the work of the uncached generation in the units of the streams' weights. When
+    nothing reaches the target, the proposal with the highest simulated speedup (reached=False)."""
+    n = max(s.pairwise.shape[0] for s in streams)
+    warmups = list(warmups) if warmups is not None else list(range(1, max(2, n)))
+    values = np.unique(np.concatenate([s.pairwise[np.isfinite(s.pairwise) & (s.pairwise > 0)] for s in streams]
+                                      + [np.zeros(0)]))
+    thresholds = [float(v) * (1.0 + margin) for v in values] or [1.0]
+
+    def run(cfg: DBCacheConfig) -> tuple[list[Simulation], float]:
+        sims = [simulate(s.pairwise, cfg) for s in streams]
+        return sims, _speedup(streams, sims, full)
+
+    best: Optional[tuple] = None  # (key, Proposal)
+    fallback: Optional[Proposal] = None
+    for w in warmups:
+        for mc in continuous:
+            cfg_of = lambda t: base.update(residual_diff_threshold=t, max_warmup_steps=w,  # noqa: E731
+                                            max_continuous_cached_steps=mc)
+            sims, sp = run(cfg_of(thresholds[-1]))
+            if fallback is None or sp > fallback.speedup + 1e-12:
+                fallback = Proposal(cfg_of(thresholds[-1]), sims, sp, False)
+            if sp < target - 1e-9:
+                continue
+            lo, hi = 0, len(thresholds) - 1  # thresholds[hi] reaches the target
+            found = (sims, sp)
+            while lo < hi:  # bisection, assuming more threshold never caches less (nearly true)
+                mid = (lo + hi) // 2
+                sims_m, sp_m = run(cfg_of(thresholds[mid]))
+                if sp_m >= target - 1e-9:
+                    hi, found = mid, (sims_m, sp_m)
+                else:
+                    lo = mid + 1
+            t = thresholds[hi]
+            key = (t, -w, mc if mc >= 0 else math.inf)
+            if best is None or key < best[0]:
+                best = (key, Proposal(cfg_of(t), found[0], found[1], True))
+    if best is not None:
+        return best[1]
+    assert fallback is not None
+    return fallback
+
+
+def _next_threshold(streams: Sequence[_Stream], prop: Proposal, full: float, missed: Sequence[float],
+                    margin: float) -> Optional[float]:
+    """The smallest threshold above the current one that accepts a diff that made a predicted
+    cached step compute in the verify run (``missed``), or else that the simulation expects to
+    cache more with. None when no larger threshold changes anything."""
+    t = prop.config.residual_diff_threshold
+    values = {float(v) * (1 + margin) for st in streams for v in st.pairwise[np.isfinite(st.pairwise)] if v > 0}
+    values |= {float(m) * (1 + max(margin, 1e-6)) for m in missed}
+    if missed:
+        need = min(missed)
+        return min((v for v in values if v > need and v > t * (1 + 1e-9)), default=None)
+    for v in sorted(v for v in values if v > t * (1 + 1e-9)):
+        cfg = prop.config.update(residual_diff_threshold=v)
+        if _speedup(streams, [simulate(st.pairwise, cfg) for st in streams], full) > prop.speedup + 1e-9:
+            return v
+    return None
+
+
+# --------------------------------------------------------------------------- the report
+
+@dataclass
+class StepRow:
+    step: int
+    observed_diff: Optional[float]  # uncached run, vs the previous step
+    predicted_cached: bool
+    predicted_diff: Optional[float]  # simulation, vs the simulated last computed step
+    actual_cached: Optional[bool]
+    actual_diff: Optional[float]
+    actual_reason: str = ""
+
+
+@dataclass
+class LoopRows:
+    name: str
+    rows: list[StepRow]
+
+    @property
+    def predicted_cached_steps(self) -> list[int]:
+        return [r.step for r in self.rows if r.predicted_cached]
+
+    @property
+    def cached_steps(self) -> list[int]:
+        return [r.step for r in self.rows if r.actual_cached]
+
+
+@dataclass
+class VerifyRun:
+    threshold: float
+    predicted_cached: int
+    cached: int
+    predicted_speedup: float
+    speedup: float
+    step_speedup: float
+    flops_speedup: Optional[float]
+    rel_l1: Optional[float]
+    psnr: Optional[float]
+
+
+@dataclass
+class TuneReport:
+    """What ``dcp.tune`` found. ``config``: the proposed ``DBCacheConfig`` (the module is left
+    compiled with it); ``ideal_speedup``: the *verified* speedup in ``metric`` units;
+    ``predicted_speedup``: the simulation's. ``loops[i].rows``: per step, observed diff,
+    predicted and actual decision. ``runs``: every verify generation (more than one when the
+    threshold was refined). ``output`` / ``reference_output``: what ``call`` returned cached /
+    uncached."""
+
+    config: DBCacheConfig
+    target_speedup: float
+    metric: str
+    predicted_speedup: float
+    ideal_speedup: float
+    step_speedup: float
+    flops_speedup: Optional[float]
+    reached: bool
+    loops: list[LoopRows]
+    runs: list[VerifyRun]
+    approximation: str  # "pairwise" (residuals kept) or "cumulative" (consecutive diffs only)
+    rel_l1: Optional[float] = None
+    psnr: Optional[float] = None
+    output: Any = None
+    reference_output: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predicted_cached_steps(self) -> list[int]:
+        return self.loops[0].predicted_cached_steps if self.loops else []
+
+    @property
+    def cached_steps(self) -> list[int]:
+        return self.loops[0].cached_steps if self.loops else []
+
+    def __repr__(self) -> str:
+        return (f"TuneReport({self.config.strify()}; target {self.target_speedup:g}x {self.metric}, predicted "
+                f"{self.predicted_speedup:.2f}x, verified {self.ideal_speedup:.2f}x)")
+
+    def __str__(self) -> str:
+        from rich.console import Console
+        from rich.table import Table
+
+        buf = io.StringIO()
+        con = Console(file=buf, width=120, force_terminal=False, color_system=None)
+        c = self.config
+        con.print(f"dcp.tune: target {self.target_speedup:g}x ({self.metric} speedup) -> {c.strify()}")
+        con.print(f"  residual_diff_threshold={c.residual_diff_threshold:.4g}, max_warmup_steps={c.max_warmup_steps}, "
+                  f"max_continuous_cached_steps={c.max_continuous_cached_steps}")
+        flops = f", FLOPs {self.flops_speedup:.2f}x" if self.flops_speedup is not None else ""
+        con.print(f"  speedup: predicted {self.predicted_speedup:.2f}x, verified {self.ideal_speedup:.2f}x "
+                  f"({'reaches' if self.reached else 'SHORT OF'} the target; steps {self.step_speedup:.2f}x{flops})")
+        err = []
+        if self.rel_l1 is not None:
+            err.append(f"rel. L1 {self.rel_l1:.4f}")
+        if self.psnr is not None:
+            err.append(f"PSNR {self.psnr:.1f} dB")
+        if err:
+            con.print(f"  output vs uncached: {', '.join(err)}")
+        con.print(f"  prediction: {'pairwise diffs of the observed residuals' if self.approximation == 'pairwise' else 'summed consecutive diffs (residuals not kept)'}"
+                  "; approximate once a step is cached (the real trajectory drifts)")
+        for note in self.notes:
+            con.print(f"  note: {note}")
+        if len(self.runs) > 1:
+            t = Table(title="verify runs")
+            for col in ("run", "threshold", "cached (pred / actual)", "speedup (pred / actual)", "rel. L1", "PSNR"):
+                t.add_column(col, justify="right")
+            for i, r in enumerate(self.runs):
+                t.add_row(str(i + 1), f"{r.threshold:.4g}", f"{r.predicted_cached} / {r.cached}",
+                          f"{r.predicted_speedup:.2f}x / {r.speedup:.2f}x", _fmt(r.rel_l1, ".4f"), _fmt(r.psnr, ".1f"))
+            con.print(t)
+        for lp in self.loops:
+            t = Table(title=f"{lp.name}: predicted vs actual (C = cached, . = computed)")
+            for col in ("step", "observed diff", "pred. diff", "pred.", "actual diff", "actual", "reason"):
+                t.add_column(col, justify="left" if col == "reason" else "right")
+            for r in lp.rows:
+                t.add_row(str(r.step), _fmt(r.observed_diff, ".3f"), _fmt(r.predicted_diff, ".3f"),
+                          "C" if r.predicted_cached else ".", _fmt(r.actual_diff, ".3f"),
+                          "-" if r.actual_cached is None else "C" if r.actual_cached else ".", r.actual_reason)
+            con.print(t)
+            con.print(f"  predicted cached {lp.predicted_cached_steps} ({len(lp.predicted_cached_steps)}/{len(lp.rows)})")
+            con.print(f"  actual cached    {lp.cached_steps} ({len(lp.cached_steps)}/{len(lp.rows)})")
+        return buf.getvalue().rstrip()
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+# --------------------------------------------------------------------------- running
+
+def _to_tensor(out: Any) -> Optional[torch.Tensor]:
+    """The output of ``call`` as a float tensor: a tensor, ``.images`` of a pipeline output,
+    the first item of a tuple/list, PIL images or numpy arrays (uint8 scaled to [0, 1])."""
+    if hasattr(out, "images"):
+        out = out.images
+    elif hasattr(out, "frames"):
+        out = out.frames
+    if isinstance(out, (tuple, list)) and out and not isinstance(out[0], (int, float)):
+        items = [_to_tensor(o) for o in out]
+        if all(isinstance(i, torch.Tensor) for i in items) and len({tuple(i.shape) for i in items}) == 1:
+            return torch.stack(items)  # type: ignore[arg-type]
+        return items[0]
+    if isinstance(out, torch.Tensor):
+        return out.detach().float().cpu()
+    try:
+        arr = np.asarray(out)
+    except Exception:
+        return None
+    if arr.dtype == np.uint8:
+        return torch.from_numpy(arr.astype(np.float32) / 255.0)
+    if np.issubdtype(arr.dtype, np.floating):
+        return torch.from_numpy(arr.astype(np.float32))
+    return None
+
+
+def output_error(out: Any, ref: Any) -> tuple[Optional[float], Optional[float]]:
+    """(relative L1 = mean|out - ref| / mean|ref|, PSNR in dB) of two outputs of ``call``. PSNR
+    only for image-like tensors (3+ dims); data range 1 when ``ref`` lies in [0, 1], else its
+    max - min."""
+    a, b = _to_tensor(out), _to_tensor(ref)
+    if a is None or b is None or a.shape != b.shape or b.numel() == 0:
+        return None, None
+    den = b.abs().mean()
+    rel = float((a - b).abs().mean() / den) if den > 0 else None
+    psnr = None
+    if b.dim() >= 3:
+        rng = 1.0 if float(b.min()) >= 0 and float(b.max()) <= 1 else float(b.max() - b.min())
+        mse = float(((a - b) ** 2).mean())
+        psnr = math.inf if mse == 0 else 10 * math.log10(rng * rng / mse) if rng > 0 else None
+    return rel, psnr
+
+
+def _targets(pipe_or_module: Any) -> list[torch.nn.Module]:
+    if isinstance(pipe_or_module, torch.nn.Module):
+        return [pipe_or_module]
+    comps = getattr(pipe_or_module, "components", None)
+    if not isinstance(comps, dict):
+        raise TypeError(f"dcp.tune expects a diffusers pipeline or an nn.Module, got {type(pipe_or_module).__name__}")
+    return [c for n, c in comps.items() if n.startswith("transformer") and isinstance(c, torch.nn.Module)]
+
+
+def _reconfigure(sessions: list, decision: DBCacheConfig) -> None:
+    """Give the compiled modules new decision fields without recompiling: the loop plans and
+    the sessions share one (private) config object, so its fields are set in place; the loop
+    states (whose policy reads the warmup at creation) are dropped and a new generation begins.
+    Fn/Bn never change here (they shape the graphs)."""
+    cfg = sessions[0].config
+    for f in _DECISION_FIELDS:
+        setattr(cfg, f, getattr(decision, f))
+    cfg.validate()
+    for s in sessions:
+        assert s.config is cfg and s.params_modifiers is None
+        s.states.clear()
+        s.refresh()
+
+
+class _Recorder:
+    """After every call of a compiled module: keep each loop/branch's Fn residual of the step
+    just computed (the reference DBCache stores), up to ``budget`` bytes."""
+
+    def __init__(self, sessions: list, budget: int):
+        self.sessions, self.budget, self.bytes = sessions, budget, 0
+        self.residuals: dict[tuple, dict[int, torch.Tensor]] = {}
+        self.overflow = False
+
+    def __call__(self, module: torch.nn.Module, args: Any, out: Any) -> None:
+        for s in self.sessions:
+            for key, st in s.states.items():
+                rec = st.records[-1] if st.records else None
+                buf = st.buffers.get(None)
+                if rec is None or rec.step != st.step or rec.cached or buf is None or self.overflow:
+                    continue
+                per = self.residuals.setdefault((id(s), key), {})
+                if st.step in per:
+                    continue
+                ref = buf.reference
+                self.bytes += ref.numel() * ref.element_size()
+                if self.bytes > self.budget:
+                    self.overflow, self.residuals = True, {}
+                    return
+                per[st.step] = ref
+
+
+def _pairwise(res: dict[int, torch.Tensor], n: int) -> np.ndarray:
+    from .kernels import rel_l1_diff
+
+    out = np.full((n, n), np.nan)
+    steps = sorted(res)
+    for a, j in enumerate(steps):
+        for k in steps[a + 1:]:
+            if j < n and k < n:
+                out[j, k] = float(rel_l1_diff(res[k], res[j]))
+    return out
+
+
+def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2.0,
+         cache_config: Optional[DBCacheConfig] = None, *, metric: str = "steps", backend: str = "inductor",
+         calibrator_config: Optional[CalibratorConfig] = None, max_warmup_steps: Optional[int] = None,
+         max_continuous_cached_steps: Optional[int] = None, continuous_choices: Sequence[int] = (1, 2, 3, 4, -1),
+         margin: float = 0.02, refine: int = 2, max_residual_bytes: int = 2 << 30,
+         output: Optional[Callable[[Any], Any]] = None, path: str = "auto") -> TuneReport:
+    """Propose a DBCache threshold, warmup and continuous-step cap for ``target_speedup``, then
+    verify it (see the module docstring).
+
+    ``pipe_or_module``: a diffusers pipeline (every ``transformer*`` component) or a transformer.
+    ``call``: runs one generation, e.g. ``lambda: pipe(prompt, num_inference_steps=28,
+    generator=torch.Generator().manual_seed(0))``; it must be deterministic (fixed seed) so the
+    runs are comparable. It is called ``2 + refinements`` times. A bare module's calls inside
+    one ``call`` form one generation (``dcp.generation``).
+    ``cache_config``: the base config (Fn/Bn, CFG settings, ``max_cached_steps`` ...); the
+    three tuned fields are replaced. Default: ``DBCacheConfig()`` (F8B0).
+    ``metric``: "steps" (middle runs / middle runs executed) or "flops" (``summary().ideal_speedup``).
+    ``max_warmup_steps`` / ``max_continuous_cached_steps``: fix one instead of searching it
+    (``continuous_choices``: the caps searched). ``margin``: the threshold sits this fraction
+    above the largest diff it must accept. ``refine``: extra verify runs allowed when the first
+    one falls short. ``output``: maps ``call``'s result to the tensor compared (default: the
+    result itself, ``.images``, or its first item). ``backend`` / ``path``: as ``dcp.compile``
+    (``path`` applies to a bare module; a pipeline's transformers take ``"auto"``).
+
+    Leaves the module(s) compiled with the proposed config. Returns a :class:`TuneReport`.
+    """
+    from . import api
+
+    if metric not in ("steps", "flops"):
+        raise ValueError(f"metric={metric!r} is invalid: expected 'steps' or 'flops'")
+    if not (isinstance(target_speedup, (int, float)) and math.isfinite(target_speedup) and target_speedup >= 1):
+        raise ValueError(f"target_speedup={target_speedup!r} is invalid: expected a finite number >= 1")
+    base = cache_config if cache_config is not None else DBCacheConfig()
+    if not isinstance(base, DBCacheConfig) or base.cache_type != "DBCache":
+        raise TypeError("dcp.tune tunes a DBCacheConfig (DBPrune is not supported)")
+    base.validate()
+    extract = output or (lambda r: r)
+    targets = _targets(pipe_or_module)
+    if not targets:
+        raise ValueError(f"{type(pipe_or_module).__name__} has no transformer to tune")
+
+    # 1. observe: compile with a private config that measures every diff and never caches
+    private = base.update(residual_diff_threshold=OBSERVE_THRESHOLD, max_warmup_steps=0, max_cached_steps=-1,
+                          max_continuous_cached_steps=-1, max_accumulated_residual_diff_threshold=None,
+                          steps_computation_mask=None)
+    if isinstance(pipe_or_module, torch.nn.Module):
+        api.compile(pipe_or_module, private, calibrator_config=calibrator_config, backend=backend, path=path)
+    else:
+        api.enable_cache(pipe_or_module, private, calibrator_config=calibrator_config, backend=backend)
+    sessions = [api._session(m) for m in targets]
+    for s in sessions:
+        if s.config is not private:  # enable_cache kept an existing session: compile anew
+            api.compile(targets[sessions.index(s)], private, calibrator_config=calibrator_config, backend=backend)
+    sessions = [api._session(m) for m in targets]
+
+    def generate() -> Any:
+        with contextlib.ExitStack() as stack:
+            if isinstance(pipe_or_module, torch.nn.Module):
+                stack.enter_context(api.generation(pipe_or_module))
+            stack.enter_context(torch.no_grad())
+            return extract(call())
+
+    recorder = _Recorder(sessions, max_residual_bytes)
+    hooks = [m.register_forward_hook(recorder) for m in targets]
+    try:
+        reference = generate()
+    finally:
+        for h in hooks:
+            h.remove()
+    notes: list[str] = []
+    streams: list[_Stream] = []
+    keys: list[tuple] = []
+    full_steps, full_flops = 0.0, 0.0
+    for s in sessions:
+        summ = Summary.from_session(s)
+        full_flops += summ.full_flops
+        for (key, st), ls in zip(s.states.items(), summ.loops):
+            if not st.records:
+                continue
+            n = max(r.step for r in st.records) + 1
+            consecutive: list[Optional[float]] = [None] * n
+            for r in st.records:
+                consecutive[r.step] = r.diff
+            if any(r.cached for r in st.records):
+                notes.append(f"{st.name}: the observing run cached a step (a diff below {OBSERVE_THRESHOLD:g})")
+            res = recorder.residuals.get((id(s), key))
+            pw = _pairwise(res, n) if res and not recorder.overflow else pairwise_from_consecutive(consecutive)
+            streams.append(_Stream(st.name, pw, consecutive, float(ls.middle_flops) if metric == "flops" else 1.0))
+            keys.append((id(s), key))
+            full_steps += len(st.records)
+    recorder.residuals = {}
+    if not streams:
+        raise RuntimeError("dcp.tune: no cached loop ran during call(); check that call() runs the compiled "
+                           f"model and that dcp.explain finds a loop (Fn={base.Fn_compute_blocks}, "
+                           f"Bn={base.Bn_compute_blocks} must leave a middle)")
+    if metric == "flops" and (full_flops <= 0 or not any(s.weight > 0 for s in streams)):
+        notes.append("FLOPs could not be counted: the steps metric is used instead")
+        metric = "steps"
+        for st in streams:
+            st.weight = 1.0
+    full = full_flops if metric == "flops" else full_steps
+    approximation = "cumulative" if recorder.overflow else "pairwise"
+    if recorder.overflow:
+        notes.append(f"the Fn residuals exceed max_residual_bytes={max_residual_bytes}: pairwise diffs are "
+                     "approximated by summed consecutive diffs")
+
+    # 2. propose
+    warmups = [max_warmup_steps] if max_warmup_steps is not None else None
+    conts = [max_continuous_cached_steps] if max_continuous_cached_steps is not None else list(continuous_choices)
+    prop = propose(streams, base, float(target_speedup), full, warmups=warmups, continuous=conts, margin=margin)
+    if not prop.reached:
+        notes.append(f"no searched setting reaches {target_speedup:g}x in simulation; proposing the fastest "
+                     f"({prop.speedup:.2f}x predicted)")
+
+    # 3. verify (and refine)
+    runs: list[VerifyRun] = []
+    tried: list[tuple[Proposal, VerifyRun, dict, Any]] = []
+    for attempt in range(1 + max(0, refine)):
+        _reconfigure(sessions, prop.config)
+        out = generate()
+        actual: dict[tuple, dict[int, Any]] = {}
+        cached_total, flops_full, flops_exec = 0, 0.0, 0.0
+        for s in sessions:
+            summ = Summary.from_session(s)
+            flops_full += summ.full_flops
+            flops_exec += summ.executed_flops
+            for key, st in s.states.items():
+                actual[(id(s), key)] = {r.step: r for r in st.records}
+        weights_full = full
+        executed = weights_full
+        for st, k in zip(streams, keys):
+            recs = actual.get(k, {})
+            c = sum(1 for r in recs.values() if r.cached)
+            cached_total += c
+            executed -= st.weight * c
+        speedup = weights_full / executed if executed > 0 else math.inf
+        runs_total = sum(len(actual.get(k, {})) for k in keys)
+        step_sp = runs_total / (runs_total - cached_total) if runs_total > cached_total else math.inf
+        flops_sp = flops_full / flops_exec if flops_exec > 0 else None
+        rel, psnr = output_error(out, reference)
+        run = VerifyRun(prop.config.residual_diff_threshold, sum(len(sm.cached) for sm in prop.sims), cached_total,
+                        prop.speedup, speedup, step_sp, flops_sp, rel, psnr)
+        runs.append(run)
+        tried.append((prop, run, actual, out))
+        if speedup >= target_speedup - 1e-9 or attempt == max(0, refine):
+            break
+        # raise the threshold: just above the smallest diff that made a predicted-cached step
+        # compute, or to where the simulation caches more
+        t = prop.config.residual_diff_threshold
+        missed = [r.diff for st_sim, k in zip(prop.sims, keys) for step, r in actual.get(k, {}).items()
+                  if step in st_sim.cached and not r.cached and r.diff is not None and math.isfinite(r.diff)
+                  and r.diff >= t]
+        new_t = _next_threshold(streams, prop, full, missed, margin)
+        if new_t is None:
+            break
+        cfg = prop.config.update(residual_diff_threshold=new_t)
+        sims = [simulate(st.pairwise, cfg) for st in streams]
+        prop = Proposal(cfg, sims, _speedup(streams, sims, full), prop.reached)
+    # the first run that reaches the target, else the fastest one
+    reached = [x for x in tried if x[1].speedup >= target_speedup - 1e-9]
+    prop, run, actual, out = reached[0] if reached else max(tried, key=lambda x: x[1].speedup)
+    if prop.config is not tried[-1][0].config:
+        _reconfigure(sessions, prop.config)
+    if len(tried) > 1:
+        notes.append(f"{len(tried) - 1} refinement run(s): the first verify run fell short of the target")
+
+    loops = []
+    for st, sim, k in zip(streams, prop.sims, keys):
+        recs = actual.get(k, {})
+        rows = [StepRow(step, st.consecutive[step] if step < len(st.consecutive) else None, step in sim.cached,
+                        sim.diffs.get(step), recs[step].cached if step in recs else None,
+                        recs[step].diff if step in recs else None, recs[step].reason if step in recs else "")
+                for step in range(st.pairwise.shape[0])]
+        loops.append(LoopRows(st.name, rows))
+    final_cfg = prop.config.update()
+    if final_cfg.residual_diff_threshold >= 1.0:
+        notes.append("the threshold is >= 1: every step after the warmup caches (up to the caps)")
+    return TuneReport(final_cfg, float(target_speedup), metric, prop.speedup, run.speedup, run.step_speedup,
+                      run.flops_speedup, run.speedup >= target_speedup - 1e-9, loops, runs, approximation,
+                      run.rel_l1, run.psnr, out, reference, notes)
+
+
+def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1, Fn: int = 1, Bn: int = 0,
+                backend: str = "eager", metric: str = "steps", seed: int = 0, **opts: Any
+                ) -> tuple[TuneReport, float, float]:
+    """``dcp.tune`` on the shipped trained digits model (batched CFG, ``steps`` Euler steps,
+    ``per_class`` samples of each digit). Returns (report, accuracy uncached, accuracy tuned)
+    as read by the shipped digit classifier."""
+    from .demo_model import classifier_accuracy, load_digits_dit, sample
+
+    labels = torch.arange(10).repeat_interleave(per_class)
+    model, info = load_digits_dit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = tune(model, lambda: sample(model, labels, steps=steps, seed=seed, info=info), target_speedup,
+                      DBCacheConfig(Fn_compute_blocks=Fn, Bn_compute_blocks=Bn), backend=backend, metric=metric,
+                      **opts)
+    return (report, classifier_accuracy(report.reference_output, labels),
+            classifier_accuracy(report.output, labels))
+
+
+def run_cli(args: Any) -> int:
+    """``python -m dit_cachepass tune``: tune on the shipped digits model and print the report."""
+    report, acc_ref, acc = tune_digits(args.target, steps=args.steps, per_class=args.per_class, Fn=args.fn, Bn=args.bn,
+                                       backend=args.backend, metric=args.metric, seed=args.seed, refine=args.refine)
+    print(report)
+    print(f"digit accuracy (shipped classifier, {10 * args.per_class} samples): uncached {acc_ref:.0%}, "
+          f"tuned {acc:.0%}")
+    return 0 if report.reached else 1
