@@ -48,8 +48,10 @@ from torch._dynamo.utils import counters  # noqa: E402
 from dit_cachepass.demo import build_flux, denoise, make_inputs  # noqa: E402
 
 N_BLOCKS = 12  # 4 double + 8 single blocks in demo.build_flux()
-ALL_VARIANTS = ["eager", "compiled", "cachedit", "cachedit_compiled", "diffusers_fbc",
-                "diffusers_taylorseer", "dcp_eager", "dcp_inductor"]
+ALL_VARIANTS = ["eager", "compiled", "compiled_regional", "cachedit", "cachedit_compiled", "diffusers_fbc",
+                "diffusers_taylorseer", "dcp_eager", "dcp_inductor", "dcp_regional", "dcp_reduce_overhead"]
+DEFAULT_VARIANTS = ["eager", "compiled", "cachedit", "cachedit_compiled", "diffusers_fbc",
+                    "diffusers_taylorseer", "dcp_eager", "dcp_inductor"]
 LABELS = {
     "eager": "no cache, eager",
     "compiled": "no cache, torch.compile (inductor)",
@@ -59,8 +61,47 @@ LABELS = {
     "diffusers_taylorseer": "diffusers TaylorSeer, eager",
     "dcp_eager": "dit_cachepass, backend=eager",
     "dcp_inductor": "dit_cachepass, backend=inductor",
+    "compiled_regional": "no cache, diffusers compile_repeated_blocks",
+    "dcp_regional": "dit_cachepass, inductor, lowering=regional",
+    "dcp_reduce_overhead": "dit_cachepass, inductor, mode=reduce-overhead",
 }
-COMPILED = {"compiled", "cachedit_compiled", "dcp_inductor"}
+COMPILED = {"compiled", "compiled_regional", "cachedit_compiled", "dcp_inductor", "dcp_regional",
+            "dcp_reduce_overhead"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_model(args) -> torch.nn.Module:
+    """``--model demo``: demo.build_flux (CPU-sized); ``--model gpu``: the same 4 + 8 blocks at a
+    GPU-sized width (12 heads x 128, 1024 image + 256 text tokens), on ``--device`` in ``--dtype``."""
+    if getattr(args, "model", "demo") == "gpu":
+        from diffusers import FluxTransformer2DModel
+
+        torch.manual_seed(0)
+        m = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=4, num_single_layers=8,
+                                   attention_head_dim=128, num_attention_heads=12, joint_attention_dim=1024,
+                                   pooled_projection_dim=768, axes_dims_rope=(16, 56, 56)).eval()
+    else:
+        m = build_flux()
+    return m.to(getattr(args, "device", "cpu"), DTYPES[getattr(args, "dtype", "fp32")])
+
+
+def build_inputs(args):
+    """The demo's inputs (``--model demo``) or the GPU-sized model's, moved to the device and dtype."""
+    from dataclasses import replace
+
+    if getattr(args, "model", "demo") == "gpu":
+        from dit_cachepass.demo import DemoInputs
+
+        g = torch.Generator().manual_seed(0)
+        ys, xs = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+        ids = torch.stack([torch.zeros_like(ys), ys, xs], -1).reshape(-1, 3).float()
+        inp = DemoInputs(torch.randn(1, 1024, 64, generator=g), torch.randn(1, 256, 1024, generator=g),
+                         torch.randn(1, 768, generator=g), ids, torch.zeros(256, 3))
+    else:
+        inp = make_inputs()
+    dev, dt = getattr(args, "device", "cpu"), DTYPES[getattr(args, "dtype", "fp32")]
+    return replace(inp, latents=inp.latents.to(dev, dt), prompt=inp.prompt.to(dev, dt), pooled=inp.pooled.to(dev, dt),
+                   img_ids=inp.img_ids.to(dev), txt_ids=inp.txt_ids.to(dev))
 
 
 @dataclass
@@ -94,13 +135,17 @@ def make_variant(key: str, args) -> Variant:
     F, B, R, W, MC = args.Fn, args.Bn, args.threshold, args.warmup, args.max_continuous
     skipped = N_BLOCKS - F - B
     if key == "eager":
-        return Variant(key, build_flux())
+        return Variant(key, build_model(args))
     if key == "compiled":
-        return Variant(key, torch.compile(build_flux(), backend="inductor"))
+        return Variant(key, torch.compile(build_model(args), backend="inductor"))
+    if key == "compiled_regional":
+        m = build_model(args)
+        m.compile_repeated_blocks()
+        return Variant(key, m)
     if key in ("cachedit", "cachedit_compiled"):
         import cache_dit
 
-        m = build_flux()
+        m = build_model(args)
         cfg = cache_dit.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=R,
                                       max_warmup_steps=W, max_continuous_cached_steps=MC)
         # Transformer-only mode: cache-dit keeps a persistent context on the module. With
@@ -132,7 +177,7 @@ def make_variant(key: str, args) -> Variant:
         return Variant(key, call, pre_gen=lambda m=m: cache_dit.refresh_context(m), cached=cached,
                        skipped_blocks=skipped)
     if key in ("diffusers_fbc", "diffusers_taylorseer"):
-        m = build_flux()
+        m = build_model(args)
         record: list[int] = []
         calls = [0]
         if key == "diffusers_fbc":
@@ -186,12 +231,14 @@ def make_variant(key: str, args) -> Variant:
             calls[0] = 0
 
         return Variant(key, call, pre_gen=pre_gen, cached=lambda: list(record), skipped_blocks=skip, note=note)
-    if key in ("dcp_eager", "dcp_inductor"):
+    if key.startswith("dcp_"):
         import dit_cachepass as dcp
 
         cfg = dcp.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=R,
                                 max_warmup_steps=W, max_continuous_cached_steps=MC)
-        m = dcp.compile(build_flux(), cfg, backend="eager" if key == "dcp_eager" else "inductor")
+        kw = {"dcp_eager": dict(backend="eager"), "dcp_inductor": {}, "dcp_regional": dict(lowering="regional"),
+              "dcp_reduce_overhead": dict(mode="reduce-overhead")}[key]
+        m = dcp.compile(build_model(args), cfg, **kw)
 
         def cached(m=m):
             loops = dcp.summary(m).loops
@@ -204,13 +251,22 @@ def make_variant(key: str, args) -> Variant:
 # --------------------------------------------------------------------------- measurement
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().mean() / b.abs().mean())
+    return float((a.float() - b.float()).abs().mean() / b.float().abs().mean())
 
 
 def run_once(v: Variant, inp, steps: int) -> float:
     v.pre_gen()
+    call = v.call
+    dev = inp.latents.device
+    if dev.type != "cpu":  # the scheduler's timesteps live on the CPU
+        def call(*a, _m=v.call, **kw):
+            kw["timestep"] = kw["timestep"].to(dev, inp.latents.dtype)
+            return _m(*a, **kw)
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = denoise(v.call, inp, steps)
+    out = denoise(call, inp, steps)
+    if dev.type != "cpu":
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     v.out = out
     v.cached_steps = v.cached()
@@ -221,7 +277,7 @@ def measure(args) -> list[Variant]:
     from rich.console import Console
 
     console = Console(stderr=True)
-    inp = make_inputs()
+    inp = build_inputs(args)
     variants: list[Variant] = []
     for key in args.variants:
         t0 = time.perf_counter()
@@ -387,7 +443,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (median reported)")
     p.add_argument("--warmup-gens", type=int, default=2, help="untimed generations per variant first")
-    p.add_argument("--variants", default=",".join(ALL_VARIANTS),
+    p.add_argument("--model", choices=["demo", "gpu"], default="demo",
+                   help="demo: demo.build_flux (CPU-sized); gpu: 4+8 FLUX blocks at 12 heads x 128, 1024+256 tokens")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated subset of: {', '.join(ALL_VARIANTS)}")
     p.add_argument("--Fn", type=int, default=1)
     p.add_argument("--Bn", type=int, default=0)
@@ -405,8 +465,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                         "at every OpenMP barrier when another job holds a core (10-30x slowdowns seen), 0 = "
                         "torch's default")
     p.add_argument("--date", default=datetime.date.today().isoformat())
-    p.add_argument("--machine", default=f"CPU, torch {torch.__version__}")
+    p.add_argument("--machine", default=None, help="machine label (default: the GPU's name or 'CPU', and torch)")
     args = p.parse_args(argv)
+    if args.machine is None:
+        dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+        args.machine = f"{dev}, {args.dtype}, torch {torch.__version__}"
     args.variants = [s.strip() for s in args.variants.split(",") if s.strip()]
     bad = [k for k in args.variants if k not in ALL_VARIANTS]
     if bad:

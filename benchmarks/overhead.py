@@ -38,6 +38,9 @@ import dit_cachepass as dcp  # noqa: E402
 F, B = 1, 0
 
 
+DEVICE = "cpu"
+
+
 def build(seed: int = 0) -> torch.nn.Module:
     from diffusers import FluxTransformer2DModel
 
@@ -45,7 +48,7 @@ def build(seed: int = 0) -> torch.nn.Module:
     return FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=4, num_single_layers=8, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
-    ).eval()
+    ).eval().to(DEVICE)
 
 
 def inputs(n_calls: int) -> tuple[dict, list[torch.Tensor]]:
@@ -55,8 +58,9 @@ def inputs(n_calls: int) -> tuple[dict, list[torch.Tensor]]:
     kw = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
               pooled_projections=torch.randn(1, 32, generator=g), img_ids=img_ids, txt_ids=torch.zeros(8, 3),
               return_dict=False)
+    kw = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     # strictly decreasing timesteps: one long generation (a repeated timestep starts a new one)
-    ts = [torch.tensor([1.0 - i / (4 * n_calls)]) for i in range(n_calls * 1000)]
+    ts = [torch.tensor([1.0 - i / (4 * n_calls)], device=DEVICE) for i in range(n_calls * 1000)]
     return kw, ts
 
 
@@ -89,10 +93,14 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default="plain,computed,cached,cachedit",
                    help="comma-separated (default: plain,computed,cached,cachedit; also: regional)")
     p.add_argument("--regional", action="store_true", help="add the regional-lowering variant")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (host overhead bounds a fast GPU)")
     p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
                    help="append the table to RESULTS.md (default path when given without a value)")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if DEVICE.startswith("cuda") else (lambda: None)
     keys = args.variants.split(",") + (["regional"] if args.regional and "regional" not in args.variants else [])
     kw, ts = inputs(args.calls)
     it = iter(ts)
@@ -107,14 +115,14 @@ def main(argv=None) -> None:
             for k in keys:
                 f = fns[k]
                 steps = [next(it) for _ in range(args.calls)]
+                sync()
                 t0 = time.perf_counter()
                 for t in steps:
                     f(timestep=t, **kw)
+                sync()
                 times[k].append((time.perf_counter() - t0) / args.calls * 1e6)
-    if "cached" in fns:
-        s = dcp.summary(fns["cached"])
-        loop = next(iter(s.loops.values())) if hasattr(s, "loops") and isinstance(s.loops, dict) else None
-        print(f"cached variant: {s}".splitlines()[0])
+    if "cached" in fns:  # the cached variant really cached (1 computed step, then all cached)
+        print(f"cached variant: {len(dcp.summary(fns['cached']).cached_steps)} cached calls", file=sys.stderr)
     base = times.get("plain")
     rows = []
     for k in keys:
@@ -124,9 +132,10 @@ def main(argv=None) -> None:
             rows.append((k, us, statistics.median(r), min(r), max(r)))
         else:
             rows.append((k, us, float("nan"), float("nan"), float("nan")))
-    cpu = platform.processor() or platform.machine()
+    cpu = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else (platform.processor() or platform.machine())
     head = (f"overhead per forward, tiny FLUX 4+8 blocks (inner 32, 16+8 tokens), inductor, {args.threads} thread(s), "
-            f"{args.rounds} interleaved rounds x {args.calls} calls, {os.cpu_count()} CPU(s) {cpu}, torch {torch.__version__}")
+            f"{args.rounds} interleaved rounds x {args.calls} calls, {DEVICE}: {cpu} ({os.cpu_count()} CPUs), "
+            f"torch {torch.__version__}")
     lines = [head, "", "| variant | µs / forward (median) | ratio to plain (median) | ratio min-max |",
              "|---|---:|---:|---:|"]
     for k, us, r, lo, hi in rows:
@@ -136,7 +145,7 @@ def main(argv=None) -> None:
     if args.results:
         cmd = "python benchmarks/overhead.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         with open(args.results, "a") as f:
-            f.write(f"\n### Runner overhead ({datetime.date.today()}, CPU, `{cmd.strip()}`)\n\n{text}\n")
+            f.write(f"\n### Runner overhead ({datetime.date.today()}, {cpu}, `{cmd.strip()}`)\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
             params_modifiers: Union[ParamsModifier, list[ParamsModifier], None] = None,
             backend: str = "inductor", strict: bool = False, process_group: Any = None,
             path: str = "auto", mode: Optional[str] = None, options: Optional[dict] = None,
-            dynamic: Optional[bool] = None, fullgraph: bool = False) -> torch.nn.Module:
+            dynamic: Optional[bool] = None, fullgraph: bool = False, lowering: str = "full") -> torch.nn.Module:
     """Cache the block loops of ``module`` (a diffusers transformer) and compile it.
 
     Returns the same module object with its ``forward`` replaced, so a pipeline keeps using
@@ -83,7 +83,18 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     and ``options`` (``torch._inductor.config`` settings) reach Inductor for every piece, and
     ``fullgraph=True`` raises on a graph break instead of splitting the forward (see
     ``lower.CompileOptions``).
+    ``lowering``: "full" (default: each Fn / middle / Bn piece of the captured graph compiled
+    whole, glue fused with it) or "regional" (each distinct block class compiled once and shared
+    by every block of the class, glue eager, as diffusers' ``compile_repeated_blocks``: the
+    block path). Regional compiles in a fraction of the time; see benchmarks/RESULTS.md.
     """
+    if lowering not in ("full", "regional"):
+        raise ValueError(f"lowering={lowering!r} is invalid: expected 'full' or 'regional'.")
+    if lowering == "regional":
+        if path == "graph":
+            raise ValueError("lowering='regional' compiles block by block (the block path): it cannot be "
+                             "combined with path='graph'; drop path= or use lowering='full'.")
+        path = "block"
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
     if hasattr(module, _ATTR):

@@ -8,14 +8,26 @@ from typing import Optional, Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import time
+
     from . import demo
 
+    t0 = time.perf_counter()
+    demo.hide_unused_packages()  # before diffusers is imported: no torchao import, none of its warnings
+    import torch
+
+    torch.set_num_threads(args.threads or demo.choose_threads())
+    hint = "Inductor compiles take minutes on CPU" if args.backend == "inductor" else "~1.5-3 min on 2 busy CPU cores"
+    print(f"dit_cachepass demo, {torch.get_num_threads()} CPU thread(s): part 1 fidelity (trained model), "
+          f"part 2 speed (backend={args.backend}); {hint}", flush=True)
     if args.part in ("all", "digits"):
         out = f"{args.out}/digits.png"
-        demo.print_digits(demo.run_digits(steps=args.digit_steps, out=out), args.digit_steps, out)
+        rows = demo.run_digits(steps=args.digit_steps, out=out, progress=not args.quiet)
+        demo.print_digits(rows, args.digit_steps, out)
     if args.part in ("all", "speed"):
         rows = demo.run(steps=args.steps, backend=args.backend, repeats=args.repeats, progress=not args.quiet)
         demo.print_rows(rows, args.steps, args.backend)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -53,9 +65,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--out", default="demo_out", help="folder for the sample grids (default: demo_out)")
     d.add_argument("--digit-steps", type=int, default=20, help="sampling steps of the digits part (default: 20)")
     d.add_argument("--steps", type=int, default=20, help="denoising steps of the speed part (default: 20)")
-    d.add_argument("--backend", choices=["inductor", "aot_eager", "eager"], default="inductor",
-                   help="compiler for every variant (default: inductor)")
-    d.add_argument("--repeats", type=int, default=3, help="timed generations per variant; median reported")
+    d.add_argument("--backend", choices=["inductor", "aot_eager", "eager"], default="aot_eager",
+                   help="torch.compile backend of every variant of the speed part (default: aot_eager; "
+                        "inductor adds a few minutes of compilation on CPU)")
+    d.add_argument("--repeats", type=int, default=5,
+                   help="timing rounds of the speed part, every variant once per round (default: 5)")
+    d.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: OMP_NUM_THREADS if set, else 1, or 2 when 2 cores are idle)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
     m = sub.add_parser("metrics", help="PSNR / SSIM / LPIPS / FID between two folders of images")
@@ -69,6 +85,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--write", metavar="PATH", help="also write the markdown table to PATH (e.g. docs/coverage.md)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_coverage)
+
+    def _tune(a: argparse.Namespace) -> int:
+        from .tune import run_cli
+
+        return run_cli(a)
+
+    tn = sub.add_parser("tune", help="propose and verify a DBCache threshold / warmup / continuous cap for a "
+                                     "target speedup, on the shipped digits model")
+    tn.add_argument("--target", type=float, default=2.0, help="target ideal speedup (default: 2.0)")
+    tn.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    tn.add_argument("--metric", choices=["steps", "flops"], default="steps",
+                    help="steps: steps / computed steps (middle runs); flops: summary().ideal_speedup (default: steps)")
+    tn.add_argument("--fn", type=int, default=1, help="Fn_compute_blocks (default: 1)")
+    tn.add_argument("--bn", type=int, default=0, help="Bn_compute_blocks (default: 0)")
+    tn.add_argument("--per-class", type=int, default=1, help="samples per digit (default: 1)")
+    tn.add_argument("--backend", choices=["inductor", "aot_eager", "eager"], default="eager",
+                    help="compiler (default: eager; decisions do not depend on it)")
+    tn.add_argument("--refine", type=int, default=2, help="extra verify runs if the first falls short (default: 2)")
+    tn.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    tn.set_defaults(func=_tune)
+    x = sub.add_parser("explain", help="what the pass would cache in a diffusers transformer class, or why not "
+                                       "(a tiny random instance, offline)")
+    x.add_argument("--model", required=True, help="diffusers class name (e.g. FluxTransformer2DModel) or zoo entry")
+    x.add_argument("--tiny", action="store_true", help="a tiny random instance (required: nothing is downloaded)")
+    x.add_argument("--fn", type=int, help="Fn_compute_blocks (default: DBCacheConfig's)")
+    x.add_argument("--bn", type=int, help="Bn_compute_blocks (default: DBCacheConfig's)")
+    x.add_argument("--threshold", type=float, help="residual_diff_threshold (default: DBCacheConfig's)")
+
+    def _explain(a: argparse.Namespace) -> int:
+        from .explain import cli as explain_cli  # dit_cachepass.explain, the module
+
+        return explain_cli(a)
+    x.set_defaults(func=_explain)
     args = parser.parse_args(argv)
     return args.func(args)
 

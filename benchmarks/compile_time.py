@@ -1,0 +1,117 @@
+"""Compile time and steady time: full vs regional lowering, against torch.compile and diffusers'
+regional compilation, on the demo's FLUX-shaped model (4 double + 8 single blocks).
+
+Every variant runs in a fresh Python process with an empty Inductor cache
+(``TORCHINDUCTOR_CACHE_DIR`` set to a new temporary folder), so nothing is shared between them:
+
+  compiled            torch.compile(model), no cache
+  regional            model.compile_repeated_blocks() (diffusers), no cache
+  dcp_full            dit_cachepass, lowering="full" (each piece of the captured graph compiled)
+  dcp_regional        dit_cachepass, lowering="regional" (each block class compiled once)
+
+compile time = first generation - median steady generation (same inputs, same steps). Steady
+times of variants in different processes are not interleaved; the ratios there are indicative,
+and ``benchmarks/e2e.py`` / ``overhead.py`` interleave variants in one process.
+
+    python benchmarks/compile_time.py [--steps 8] [--gens 3] [--threads 1] [--results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+VARIANTS = ["compiled", "regional", "dcp_full", "dcp_regional"]
+LABELS = {"compiled": "torch.compile (full), no cache", "regional": "diffusers compile_repeated_blocks, no cache",
+          "dcp_full": "dit_cachepass lowering=full", "dcp_regional": "dit_cachepass lowering=regional"}
+CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.55, max_warmup_steps=2,
+           max_continuous_cached_steps=3)
+
+
+def child(variant: str, steps: int, gens: int) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    import dit_cachepass as dcp
+    from dit_cachepass.demo import build_flux, denoise, make_inputs
+
+    inp = make_inputs()
+    with torch.no_grad():
+        ref = denoise(build_flux(), inp, steps)
+    m = build_flux()
+    if variant == "compiled":
+        m = torch.compile(m)
+    elif variant == "regional":
+        m.compile_repeated_blocks()
+    else:
+        m = dcp.compile(m, dcp.DBCacheConfig(**CFG), lowering=variant.split("_")[1])
+    times, out = [], None
+    for _ in range(gens):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = denoise(m, inp, steps)
+        times.append(time.perf_counter() - t0)
+    cached = None
+    if variant.startswith("dcp"):
+        cached = len(dcp.summary(m).cached_steps)
+    err = float((out - ref).abs().mean() / ref.abs().mean())
+    return dict(first=times[0], steady=statistics.median(times[1:]), cached=cached, rel_l1=err)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=8, help="denoising steps per generation (default: 8)")
+    p.add_argument("--gens", type=int, default=3, help="generations per variant, the first compiles (default: 3)")
+    p.add_argument("--threads", type=int, default=1, help="OMP threads per child (default: 1)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
+                   help="append the table to RESULTS.md")
+    args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args.steps, args.gens)))
+        return
+    rows = {}
+    for v in args.variants.split(","):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, OMP_NUM_THREADS=str(args.threads))
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps),
+                                "--gens", str(args.gens)], env=env, capture_output=True, text=True)
+            line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{v}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
+                continue
+            rows[v] = json.loads(line[7:])
+            print(f"{v}: {rows[v]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    base = rows.get("compiled")
+    lines = [f"compile time, FLUX-shaped 4+8 blocks (demo.build_flux), {args.steps} steps, fresh process and "
+             f"empty Inductor cache per variant, {args.threads} thread(s), {os.cpu_count()} CPU(s)", "",
+             "| variant | compile s (first - steady) | compile vs torch.compile | steady s / gen | "
+             "steady vs torch.compile | cached steps | rel. L1 vs eager |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for v, r in rows.items():
+        c = r["first"] - r["steady"]
+        cr = f"{c / (base['first'] - base['steady']):.2f}" if base else "-"
+        sr = f"{r['steady'] / base['steady']:.2f}" if base else "-"
+        lines.append(f"| {LABELS[v]} | {c:.1f} | {cr} | {r['steady']:.2f} | {sr} | "
+                     f"{'-' if r['cached'] is None else r['cached']} | {r['rel_l1']:.4f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.results:
+        cmd = "python benchmarks/compile_time.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        with open(args.results, "a") as f:
+            f.write(f"\n### Compile time ({datetime.date.today()}, CPU, `{cmd.strip()}`)\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
