@@ -85,14 +85,26 @@ def check_backend(backend: str) -> str:
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: str,
                   opts: Optional[CompileOptions] = None) -> Callable:
+    """Compiled inside a tracing context whose fake mode has a ``ShapeEnv``, as dynamo compiles
+    its graphs: without one, Inductor bypasses its FX graph cache ("No shape env"), and every
+    process would compile every piece from scratch."""
     if backend == "eager":
         return gm.forward
-    if backend == "aot_eager":
-        return torch._dynamo.lookup_backend("aot_eager")(gm, list(example_inputs))
-    from torch._inductor.compile_fx import compile_fx
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    patches = opts.inductor_patches() if opts is not None else {}
-    return compile_fx(gm, list(example_inputs), config_patches=patches or None)
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    # static fakes of the real inputs: the piece is specialized to this call's sizes and strides
+    inputs = [fake_mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a
+              for a in example_inputs]
+    with tracing(TracingContext(fake_mode)):
+        if backend == "aot_eager":
+            return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+        from torch._inductor.compile_fx import compile_fx
+
+        patches = opts.inductor_patches() if opts is not None else {}
+        return compile_fx(gm, inputs, config_patches=patches or None)
 
 
 def _signature(args: Sequence[Any], watch: Sequence[int]) -> tuple:
