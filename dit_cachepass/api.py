@@ -234,8 +234,11 @@ class _CacheContext:
 def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = None, *,
                  calibrator_config: Optional[CalibratorConfig] = None,
                  params_modifiers: Optional[list] = None, backend: str = "inductor",
-                 strict: bool = False, parallelism_config: Optional[ParallelismConfig] = None) -> Any:
+                 strict: bool = False, parallelism_config: Optional[ParallelismConfig] = None,
+                 **compile_options: Any) -> Any:
     """cache-dit's drop-in: cache every transformer of a diffusers pipeline (or one module).
+    ``compile_options``: ``mode``, ``options``, ``dynamic``, ``fullgraph``, ``lowering``, ``path``
+    as ``compile`` takes them, for every transformer.
 
     Each transformer (``transformer``, ``transformer_2`` ...) gets its own session and state.
     ``params_modifiers``: for one module, a list of ``ParamsModifier`` (one per loop); for a
@@ -249,7 +252,7 @@ def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = No
         if parallelism_config is not None:
             enable_parallelism(pipe_or_module, parallelism_config)
         return compile(pipe_or_module, cache_config, calibrator_config=calibrator_config,
-                       params_modifiers=params_modifiers, backend=backend, strict=strict)
+                       params_modifiers=params_modifiers, backend=backend, strict=strict, **compile_options)
     components = getattr(pipe_or_module, "components", None)
     if not isinstance(components, dict):
         raise TypeError("enable_cache expects a diffusers pipeline or an nn.Module, got "
@@ -268,12 +271,14 @@ def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = No
         if (existing is not None and parallelism_config is None and (i >= len(mods) or mods[i] is None)
                 and existing.params_modifiers is None and existing.backend == backend
                 and existing.strict == strict and existing.calibrator_config == calibrator_config
+                and not compile_options
                 and (cache_config is None or cache_config == existing.config)):
             continue  # shared with a pipeline already cached (from_pipe / same components): keep its session
         if parallelism_config is not None:
             enable_parallelism(mod, parallelism_config)
         compile(mod, cache_config, calibrator_config=calibrator_config,
-                params_modifiers=mods[i] if i < len(mods) else None, backend=backend, strict=strict)
+                params_modifiers=mods[i] if i < len(mods) else None, backend=backend, strict=strict,
+                **compile_options)
     _wrap_pipeline(pipe_or_module)
     return pipe_or_module
 
