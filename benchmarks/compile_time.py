@@ -19,15 +19,15 @@ and ``benchmarks/e2e.py`` / ``overhead.py`` interleave variants in one process.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from _results import report  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 VARIANTS = ["compiled", "regional", "dcp_full", "dcp_regional"]
 LABELS = {"compiled": "torch.compile (full), no cache", "regional": "diffusers compile_repeated_blocks, no cache",
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
         return
     rows = {}
     for v in args.variants.split(","):
-        with tempfile.TemporaryDirectory() as cache:
+        with tempfile.TemporaryDirectory() as cache:  # a fresh, empty Inductor cache per variant
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, OMP_NUM_THREADS=str(args.threads))
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps),
@@ -105,13 +105,7 @@ def main(argv=None) -> None:
         sr = f"{r['steady'] / base['steady']:.2f}" if base else "-"
         lines.append(f"| {LABELS[v]} | {c:.1f} | {cr} | {r['steady']:.2f} | {sr} | "
                      f"{'-' if r['cached'] is None else r['cached']} | {r['rel_l1']:.4f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.results:
-        cmd = "python benchmarks/compile_time.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        with open(args.results, "a") as f:
-            f.write(f"\n### Compile time ({datetime.date.today()}, CPU, `{cmd.strip()}`)\n\n{text}\n")
-
+    report("Compile time", "CPU", "\n".join(lines), args.results, argv)
 
 if __name__ == "__main__":
     main()

@@ -256,12 +256,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_once(v: Variant, inp, steps: int) -> float:
     v.pre_gen()
-    call = v.call
     dev = inp.latents.device
-    if dev.type != "cpu":  # the scheduler's timesteps live on the CPU
-        def call(*a, _m=v.call, **kw):
-            kw["timestep"] = kw["timestep"].to(dev, inp.latents.dtype)
-            return _m(*a, **kw)
+
+    def on_device(*a, _m=v.call, **kw):  # the scheduler's timesteps live on the CPU
+        kw["timestep"] = kw["timestep"].to(dev, inp.latents.dtype)
+        return _m(*a, **kw)
+    call = v.call if dev.type == "cpu" else on_device
+    if dev.type != "cpu":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = denoise(call, inp, steps)

@@ -20,10 +20,8 @@ median ratio to ``plain`` measured in the same round with its min-max over round
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -34,6 +32,7 @@ os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
 import torch  # noqa: E402
 
 import dit_cachepass as dcp  # noqa: E402
+from _results import report  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 F, B = 1, 0
 
@@ -140,13 +139,7 @@ def main(argv=None) -> None:
              "|---|---:|---:|---:|"]
     for k, us, r, lo, hi in rows:
         lines.append(f"| {k} | {us:.0f} | {r:.3f} | {lo:.3f}-{hi:.3f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.results:
-        cmd = "python benchmarks/overhead.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        with open(args.results, "a") as f:
-            f.write(f"\n### Runner overhead ({datetime.date.today()}, {cpu}, `{cmd.strip()}`)\n\n{text}\n")
-
+    report("Runner overhead", cpu, "\n".join(lines), args.results, argv)
 
 if __name__ == "__main__":
     main()

@@ -6,19 +6,16 @@ import contextlib
 import functools
 import inspect
 import types
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .backend import StageError, analyse, register, session_for_options, session_of
+from .backend import register, session_for_options, session_of
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .lower import CompileOptions
-from .matcher import NO_BLOCK_LIST
-from .blockpath import trace_block_calls
-from .paths import CAPTURE_FLAGS, ModulePaths, block_path_may_help, block_path_report, graph_broken
+from .paths import ModulePaths
 from .parallel import decision_group, enable_parallelism
-from .session import GraphReport, Session, UnsupportedModelError
+from .session import Session, UnsupportedModelError
 from .stats import Summary
 
 _ATTR = "_dit_cachepass"

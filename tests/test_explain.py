@@ -3,7 +3,6 @@ warns accurately and stays exact; ``python -m dit_cachepass explain --model <cla
 
 import warnings
 
-import pytest
 import torch
 
 import dit_cachepass as dcp
