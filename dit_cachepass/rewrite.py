@@ -3,7 +3,7 @@
 Every op gets the segment of its block (Fn / middle / Bn of loop k; DBPrune: one middle
 segment per block); an op outside the blocks gets the latest segment among its inputs, and
 never one earlier than the Bn of the loop it follows (glue after a loop joins that loop's Bn
-piece: one piece call fewer). Because a segment is never lower than its inputs' segments,
+piece, glue before the first loop joins its Fn piece: one piece call fewer each). Because a segment is never lower than its inputs' segments,
 running the pieces in segment order respects every data dependency, and glue inside the loop
 (a control hint added after block 5, a perceiver between blocks) lands in the middle by
 construction. Values live in a flat environment of slots: graph arguments first, then piece
@@ -84,7 +84,8 @@ def _segments(cap: CapturedGraph, cplan: CachePlan) -> dict[fx.Node, Seg]:
     for node in cap.gm.graph.nodes:
         if node.op in ("placeholder", "output") or node in cap.regions.markers:
             continue  # state markers belong to no piece: each piece re-enters what it needs
-        floor = max(((k, 3, 0) for k, end in enumerate(ends) if cap.order[node] > end), default=(0, 0, 0))
+        # glue before the first loop joins its Fn piece (both always run: one piece call fewer)
+        floor = max(((k, 3, 0) for k, end in enumerate(ends) if cap.order[node] > end), default=(0, 1, 0))
         own = own_seg.get(node, floor)
         seg[node] = max([own] + [seg[a] for a in node.all_input_nodes if a in seg])
     return seg
@@ -102,6 +103,9 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
     slot: dict[fx.Node, int] = {n: i for i, n in enumerate(placeholders)}
     next_slot = len(placeholders)
     pieces: list[Piece] = []
+    # the runtime reads each loop's hidden stream at loop entry (the Fn residual's base), even
+    # when no other piece uses it
+    keep = {lp.loop.threads[lp.loop.hidden].inputs[0] for lp in cplan.loops}
     by_seg: dict[Seg, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node in seg:
@@ -124,7 +128,7 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
             state.to(cap.regions.of(node))
             env[node] = g.node_copy(node, lambda a: env[a] if a in env else state.local(a))
         state.close()
-        exported = [n for n in members if any(u not in inside for u in n.users)]
+        exported = [n for n in members if n in keep or any(u not in inside for u in n.users)]
         g.output(tuple(env[n] for n in exported))
         outputs = []
         for n in exported:
