@@ -13,6 +13,7 @@ from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, FBCacheConf
                      ParallelismConfig, ParamsModifier, TaylorSeerCalibratorConfig)
 from .patterns import ForwardPattern
 from .session import UnsupportedModelError
+from .lower import CompileOptions
 from .stats import Summary
 from .tune import TuneReport, tune
 
@@ -22,5 +23,5 @@ __all__ = [
     "CalibratorConfig", "ParamsModifier", "ParallelismConfig", "ForwardPattern",
     "enable_cache", "disable_cache",
     "compile", "disable", "refresh", "summary", "generation", "branch", "explain", "ExplainReport", "LoopReport",
-    "Summary", "UnsupportedModelError", "count_flops",
+    "Summary", "UnsupportedModelError", "count_flops", "tune", "TuneReport", "CompileOptions",
 ]
