@@ -33,6 +33,7 @@ class CompileOptions:
     options: Mapping[str, Any] = field(default_factory=dict)
     dynamic: Optional[bool] = None
     fullgraph: bool = False
+    _patches: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -52,19 +53,18 @@ class CompileOptions:
             raise TypeError(f"dynamic={self.dynamic!r} is invalid: expected None, True or False")
         if not isinstance(self.fullgraph, bool):
             raise TypeError(f"fullgraph={self.fullgraph!r} is invalid: expected a bool")
+        # derived once: ``cudagraphs`` is read by every middle call
+        patches = dict(torch._inductor.list_mode_options(self.mode, self.dynamic)) if self.mode else {}
+        patches.update(self.options)
+        object.__setattr__(self, "_patches", patches)
 
     def inductor_patches(self) -> dict[str, Any]:
         """The Inductor config patches of ``mode`` and ``options``, as torch.compile derives them."""
-        patches = dict(torch._inductor.list_mode_options(self.mode, self.dynamic)) if self.mode else {}
-        patches.update(self.options)
-        return patches
+        return dict(self._patches)
 
     @property
     def cudagraphs(self) -> bool:
-        return bool(self.inductor_patches().get("triton.cudagraphs", False))
-
-    def __bool__(self) -> bool:
-        return self != CompileOptions()
+        return bool(self._patches.get("triton.cudagraphs", False))
 
 
 _CUDAGRAPHS_UNVERIFIED = ("CUDA graphs (mode='reduce-overhead' / 'max-autotune' or triton.cudagraphs) with "

@@ -102,33 +102,18 @@ class Runner:
         session = self.session if self.resolve is None else self.resolve(args)
         session.begin_call(args[self.timestep_slot] if self.timestep_slot is not None else None)
         try:
-            if self.arg_specs[-1] is None:
-                return self._first_call(env, session)
             for piece, fn, gather in zip(prog.pieces, self.fns, self.gather):
                 if piece.kind == "middle" and session.unsure is None:
                     self._middle(piece, fn, gather, env, session)
                 else:  # glue, Fn, Bn; or a call no state may see: compute the middle too
-                    for s, v in zip(piece.outputs, fn(*gather(env))):
-                        env[s] = v
+                    self._run(piece, fn, gather, env)
         except BaseException:
             session.abort_call()  # counters, buffers and records as before this call
             raise
         session.end_call()
-        return self._result(env)
-
-    def _result(self, env: list[Any]) -> Any:
-        return fx.node.map_aggregate(self.prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
-
-    def _first_call(self, env: list[Any], session: "Session") -> Any:
-        """The first call also records each piece's argument shapes (for ``piece_flops``)."""
-        for i, (piece, fn, gather) in enumerate(zip(self.prog.pieces, self.fns, self.gather)):
-            self.arg_specs[i] = [_spec(env[j]) for j in piece.inputs]
-            if piece.kind == "middle" and session.unsure is None:
-                self._middle(piece, fn, gather, env, session)
-            else:
-                self._run(piece, fn, env)
-        session.end_call()
-        return self._result(env)
+        if self.arg_specs[0] is None:  # the first call: each piece's argument shapes, for piece_flops
+            self.arg_specs = [[_spec(env[j]) for j in p.inputs] for p in prog.pieces]
+        return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
 
     def piece_flops(self) -> Optional[list[int]]:
         """FLOPs of one run of each piece, counted once under FakeTensorMode (no memory, no
@@ -152,8 +137,9 @@ class Runner:
             self._flops = flops
         return self._flops
 
-    def _run(self, piece, fn, env: list[Any]) -> None:
-        for s, v in zip(piece.outputs, fn(*[env[i] for i in piece.inputs])):
+    @staticmethod
+    def _run(piece, fn, gather, env: list[Any]) -> None:
+        for s, v in zip(piece.outputs, fn(*gather(env))):
             env[s] = v
 
     def _middle(self, piece, fn, gather, env: list[Any], session: Optional["Session"] = None) -> None:
@@ -162,14 +148,13 @@ class Runner:
         spec, key = piece.spec, piece.block
         lp = self.loops[piece.loop]
         if key is not None and key in lp.config.non_prune_block_ids:
-            return self._run(piece, fn, env)
+            return self._run(piece, fn, gather, env)
         outs = [o for _, o in spec.residual_pairs]
         call = MiddleCall(session or self.session, lp.name, lp.config, lp.calibrator_config, key,
                           self.never_cache.get(piece.loop), spec.hidden_pair, env[spec.hidden_inF],
                           env[spec.hidden_in0], [env[i] for i, _ in spec.residual_pairs])
         if not call.cache:
-            for s, v in zip(piece.outputs, fn(*gather(env))):
-                env[s] = v
+            self._run(piece, fn, gather, env)
             return call.computed([env[o] for o in outs], [env[o] for o in spec.value_outputs])
         new, values = call.cached()
         for o, v in zip(outs + spec.value_outputs, new + values):
