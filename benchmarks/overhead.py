@@ -9,18 +9,22 @@ that bounds a fast GPU. Variants (all backend="inductor"):
   cached       dit_cachepass, every step after the first cached (threshold 1e9, no limits)
   cachedit     cache-dit 1.5.3 DBCache (same F/B, every step computed) + torch.compile
   regional     dit_cachepass, lowering="regional", every step computed (only with --regional)
+  unfolded     "computed" with the cache's tensor work done eagerly (as before ``fold``; on request)
 
 Every variant runs --calls forwards per round; variants are interleaved round-robin for
---rounds rounds; the table gives the median microseconds per forward and, per variant, the
-median ratio to ``plain`` measured in the same round with its min-max over rounds, in wall time
-and in process CPU time (which a busy or oversubscribed machine disturbs much less).
+--rounds rounds (many short rounds: a VM's speed swings within a second, and a ratio taken
+within one short round sees one speed); the table gives the median microseconds per forward
+and, per variant, the median ratio to ``plain`` measured in the same round with its 10-90 %
+range over rounds, in wall time and in process CPU time (which a busy or oversubscribed machine
+disturbs much less).
 
-    python benchmarks/overhead.py [--rounds 15] [--calls 100] [--threads 1] [--results]
+    python benchmarks/overhead.py [--rounds 120] [--calls 10] [--threads 1] [--results]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -60,7 +64,8 @@ def inputs(n_calls: int) -> tuple[dict, list[torch.Tensor]]:
               return_dict=False)
     kw = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     # strictly decreasing timesteps: one long generation (a repeated timestep starts a new one)
-    ts = [torch.tensor([1.0 - i / (4 * n_calls)], device=DEVICE) for i in range(n_calls * 1000)]
+    n = max(n_calls * 1000, 20000)
+    ts = [torch.tensor([1.0 - i / n], device=DEVICE) for i in range(n)]
     return kw, ts
 
 
@@ -68,7 +73,7 @@ def make(key: str) -> Callable:
     m = build()
     if key == "plain":
         return torch.compile(m, backend="inductor")
-    if key in ("computed", "cached", "regional"):
+    if key in ("computed", "cached", "regional", "unfolded"):
         thr = 1e9 if key == "cached" else 1e-9
         cfg = dcp.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=thr,
                                 max_warmup_steps=0)
@@ -85,13 +90,27 @@ def make(key: str) -> Callable:
     raise ValueError(key)
 
 
+@contextlib.contextmanager
+def _unfolded(active: bool):
+    """Compile without ``fold`` (the pass runs on the first call)."""
+    import dit_cachepass.backend as backend
+
+    fold = backend.fold
+    if active:
+        backend.fold = lambda prog: prog
+    try:
+        yield
+    finally:
+        backend.fold = fold
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default: 15)")
-    p.add_argument("--calls", type=int, default=100, help="forwards per variant per round (default: 100)")
+    p.add_argument("--rounds", type=int, default=120, help="interleaved rounds (default: 120)")
+    p.add_argument("--calls", type=int, default=10, help="forwards per variant per round (default: 10)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, no OpenMP barrier stalls)")
     p.add_argument("--variants", default="plain,computed,cached,cachedit",
-                   help="comma-separated (default: plain,computed,cached,cachedit; also: regional)")
+                   help="comma-separated (default: plain,computed,cached,cachedit; also: regional, unfolded)")
     p.add_argument("--regional", action="store_true", help="add the regional-lowering variant")
     p.add_argument("--device", default="cpu", help="cpu or cuda (host overhead bounds a fast GPU)")
     p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
@@ -108,8 +127,9 @@ def main(argv=None) -> None:
     with torch.no_grad():
         for k in keys:
             fns[k] = make(k)
-            for _ in range(3):  # compile + settle (both runner branches of "cached")
-                fns[k](timestep=next(it), **kw)
+            with _unfolded(k == "unfolded"):
+                for _ in range(3):  # compile + settle (both runner branches of "cached")
+                    fns[k](timestep=next(it), **kw)
         times = {k: [] for k in keys}
         cpu_times = {k: [] for k in keys}  # process CPU time: blind to other jobs and VM steal
         for _ in range(args.rounds):
@@ -130,19 +150,21 @@ def main(argv=None) -> None:
         row = [k]
         for t in (times, cpu_times):
             base = t.get("plain")
-            r = [a / b for a, b in zip(t[k], base)] if base else [float("nan")]
-            row += [statistics.median(t[k]), statistics.median(r), min(r), max(r)]
+            r = [a / b for a, b in zip(t[k], base)] if base else [float("nan")] * 2
+            dec = statistics.quantiles(r, n=10) if len(r) > 1 else r * 9
+            row += [statistics.median(t[k]), statistics.median(r), dec[0], dec[-1]]
         rows.append(row)
     cpu = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else (platform.processor() or platform.machine())
     head = (f"overhead per forward, tiny FLUX 4+8 blocks (inner 32, 16+8 tokens), inductor, {args.threads} thread(s), "
             f"{args.rounds} interleaved rounds x {args.calls} calls, {DEVICE}: {cpu} ({os.cpu_count()} CPUs), "
             f"torch {torch.__version__}")
-    lines = [head, "", "| variant | wall µs / forward | wall ratio to plain (min-max) | CPU µs / forward | "
-             "CPU-time ratio to plain (min-max) |", "|---|---:|---:|---:|---:|"]
+    lines = [head, "", "| variant | wall µs / forward | wall ratio to plain (p10-p90) | CPU µs / forward | "
+             "CPU-time ratio to plain (p10-p90) |", "|---|---:|---:|---:|---:|"]
     for k, us, r, lo, hi, cus, cr, clo, chi in rows:
         lines.append(f"| {k} | {us:.0f} | {r:.3f} ({lo:.2f}-{hi:.2f}) | {cus:.0f} | {cr:.3f} ({clo:.2f}-{chi:.2f}) |")
     lines.append("")
-    lines.append("Ratios are taken within each round (same moment, same load), then the median over rounds. "
+    lines.append("Ratios are taken within each round (same moment, same load), then the median over rounds "
+                 "and the 10th-90th percentile range. "
                  "CPU time (time.process_time) does not count time the process waits for a core, so it is "
                  "the steadier figure on a shared machine; on a GPU the wall column is the one that counts.")
     report("Runner overhead", cpu, "\n".join(lines), args.results, argv)

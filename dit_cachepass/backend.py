@@ -19,6 +19,7 @@ from .capture import capture
 from .lower import CompileOptions, compile_graph, guarded_by_dynamo, has_symbolic_inputs
 from .matcher import match
 from .plan import plan
+from .fold import fold
 from .rewrite import split
 from .runtime.executor import Runner
 from .session import GraphReport, Session, UnsupportedModelError
@@ -65,7 +66,7 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
         if not cplan.loops:
             session.no_loop(report)
             return compile_graph(gm, example_inputs, session.backend, session.compile_options)
-        prog = _stage("rewrite", split, cap, cplan)
+        prog = _stage("rewrite", lambda c, p: fold(split(c, p)), cap, cplan)
         report.pieces = prog.pieces
         guarded = frozenset(i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
                             if guarded_by_dynamo(n))

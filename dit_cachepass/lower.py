@@ -140,6 +140,32 @@ def _without_fake_meta(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def _item_only_inputs(gm: fx.GraphModule) -> tuple[int, ...]:
+    """Placeholders read only through ``.item()``: under ``torch.compile(dynamic=True)`` dynamo
+    passes a Python float such as a LayerNorm's eps as a 0-d tensor. A piece compiled on its own
+    cannot trace the data-dependent float (``GuardOnDataDependentSymNode``), so the value of the
+    call is baked in and kept in the piece's signature (a new value compiles a new variant)."""
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return tuple(k for k, n in enumerate(phs) if n.users and all(
+        u.op == "call_method" and u.target == "item" for u in n.users)
+        and isinstance(n.meta.get("example_value"), torch.Tensor) and n.meta["example_value"].dim() == 0)
+
+
+def _specialize_scalars(gm: fx.GraphModule, scalars: Sequence[int], args: Sequence[Any]) -> fx.GraphModule:
+    """``gm`` (a private copy) with each ``.item()`` of a ``scalars`` input replaced by its value."""
+    if not scalars:
+        return gm
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for k in scalars:
+        value = args[k].item()
+        for item in list(phs[k].users):
+            for user in list(item.users):
+                user.replace_input_with(item, value)
+            gm.graph.erase_node(item)
+    gm.recompile()
+    return gm
+
+
 def has_symbolic_inputs(gm: fx.GraphModule) -> bool:
     """Was the graph captured with dynamic shapes (SymInt inputs or symbolic tensor sizes)?"""
     for node in gm.graph.nodes:
@@ -173,13 +199,14 @@ class LazyCompiled:
     the signature (activations between pieces, symbolic graph inputs); with none to watch, the
     piece compiles once and a call is one Python call."""
 
-    __slots__ = ("gm", "backend", "fns", "last_sig", "last_fn", "on_fail", "watch", "opts")
+    __slots__ = ("gm", "backend", "fns", "last_sig", "last_fn", "on_fail", "watch", "opts", "scalars")
 
     def __init__(self, gm: fx.GraphModule, backend: str, on_fail: Optional[Callable[[Exception], None]] = None,
                  watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None):
         self.gm, self.backend, self.on_fail, self.opts = gm, backend, on_fail, opts
         n = sum(1 for node in gm.graph.nodes if node.op == "placeholder")
         self.watch = tuple(range(n)) if watch is None else tuple(watch)
+        self.scalars = _item_only_inputs(gm)
         self.fns: dict[tuple, Callable] = {}
         self.last_sig: Optional[tuple] = None
         self.last_fn: Optional[Callable] = None
@@ -188,6 +215,8 @@ class LazyCompiled:
         if self.backend == "eager":
             return self.gm(*args)
         sig = _signature(args, self.watch)
+        if self.scalars:  # their values are baked into the compiled piece
+            sig += tuple(args[k].item() for k in self.scalars)
         if sig != self.last_sig:  # the common case: same layout as the last call
             fn = self.fns.get(sig)
             if fn is None:
@@ -199,7 +228,8 @@ class LazyCompiled:
         """A backend that cannot compile a piece leaves that piece uncompiled (eager), with a
         warning through ``on_fail`` (which raises in strict mode); the cache still works."""
         try:
-            return compile_graph(_without_fake_meta(self.gm), args, self.backend, self.opts)
+            return compile_graph(_specialize_scalars(_without_fake_meta(self.gm), self.scalars, args), args,
+                                 self.backend, self.opts)
         except Exception as err:  # noqa: BLE001
             if self.on_fail is None:
                 raise

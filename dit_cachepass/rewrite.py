@@ -60,6 +60,11 @@ class MiddleSpec:
     hidden_pair: Optional[int]  # index of the hidden stream in residual_pairs
     value_outputs: list[int]  # non-tensor middle outputs (sizes), reused as stored values
     unpaired: list[str] = field(default_factory=list)  # tensor outputs with no stream: never cache
+    # set by ``fold`` when the cache's tensor work runs inside the pieces (None: computed eagerly)
+    measured: Optional[int] = None  # Fn piece output: the Fn residual x_F - x_0
+    measured_sum: Optional[int] = None  # Fn piece output: sum|x_F - x_0| (fp32), the next diff's denominator
+    residuals: list[int] = field(default_factory=list)  # middle outputs: out - in per residual pair
+    residual_poison: Optional[int] = None  # middle output: 0, or NaN when any residual is not finite
 
 
 @dataclass

@@ -26,8 +26,9 @@ Branch = Union[int, str]  # 0: cond / only branch; int: heuristic CFG branch; st
 
 def _scalar(t: Any) -> Optional[float]:
     """The first element of a timestep argument as a float (None when there is none)."""
-    if isinstance(t, torch.Tensor):
-        return float(t.reshape(-1)[0]) if t.numel() else None
+    if isinstance(t, torch.Tensor):  # one op for the usual one-element timestep
+        n = t.numel()
+        return float(t.item()) if n == 1 else float(t.reshape(-1)[0]) if n else None
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return float(t)
     return None
@@ -189,8 +190,12 @@ class Session:
             partner = self.states.get((name, 0)) if branch != 0 else None
             st = LoopState(label, config, calibrator_config, partner=partner)
             st.warn = self.warn_once
-            self.states[key] = st
-        return self.states[key]
+            self.states[key] = st  # new in this call: a restore drops it with the old dict
+            return st
+        st = self.states[key]
+        if self._snap is not None and key not in self._snap[4]:
+            self._snap[4][key] = st.snapshot()  # first touch in this call: kept for abort_call
+        return st
 
     def refresh(self) -> None:
         """Start a new generation at the next call (and forget what the heuristics learnt)."""
@@ -403,7 +408,9 @@ class Session:
         self._pending_reset = False
         if self.calls:
             self.generation += 1
-            for s in self.states.values():
+            for key, s in self.states.items():
+                if self._snap is not None and key not in self._snap[4]:
+                    self._snap[4][key] = s.snapshot()
                 s.new_generation()
         self.calls = self.steps = 0
         self._lead = None
@@ -416,8 +423,10 @@ class Session:
                 "_prev_run", "_pending_reset", "_lead", "_index_base", "unsure")
 
     def _snapshot(self) -> tuple:
+        """The session's own counters now; a loop state is snapshotted when the call first
+        touches it (``state``, ``_new_generation``): most calls touch one state per loop."""
         return ({k: getattr(self, k) for k in self._SCALARS}, dict(self._named_steps), dict(self._named_ts),
-                dict(self.states), {k: s.snapshot() for k, s in self.states.items()})
+                dict(self.states), {})
 
     def _restore(self, snap: tuple) -> None:
         scalars, named, named_ts, states, loop_snaps = snap
@@ -425,8 +434,9 @@ class Session:
             setattr(self, k, v)
         self._named_steps, self._named_ts = named, named_ts
         self.states = states
-        for k, s in states.items():
-            s.restore(loop_snaps[k])
+        for k, loop_snap in loop_snaps.items():
+            if k in states:  # (a state made during the call is dropped with the new dict)
+                states[k].restore(loop_snap)
 
     # -- reporting ----------------------------------------------------------------------
     def no_loop(self, report: GraphReport) -> None:

@@ -101,6 +101,24 @@ def test_dynamic(dynamic, graphs):
     assert len(m._dit_cachepass.runners) == graphs  # True: one symbolic graph; False: one per shape
 
 
+def test_backend_with_dynamic_true_lowers_every_piece(recwarn):
+    """torch.compile(dynamic=True) passes a LayerNorm's eps as a 0-d tensor read with .item():
+    the pieces bake its value in instead of running eagerly with a lowering warning."""
+    torch.manual_seed(0)
+    ref = ToyDiT(n=4).eval()
+    m = torch.compile(_model(), backend="dit_cache", dynamic=True,
+                      options={"cache_config": dcp.DBCacheConfig(**CFG)})
+    with torch.no_grad():
+        outs = [m(**toy_inputs(s, tokens=tokens)) for tokens in (16, 24) for s in range(5)]
+        refs = [ref(**toy_inputs(s, tokens=tokens)) for tokens in (16, 24) for s in range(5)]
+    assert not [w for w in recwarn if "dit_cachepass" in str(w.message)], [str(w.message) for w in recwarn]
+    session = dcp.api._session(m)
+    assert len(session.runners) == 1  # one symbolic graph served both token counts
+    assert dcp.summary(m).cached_steps
+    for k in (0, 5):  # the first step of each generation is computed: equal to eager
+        torch.testing.assert_close(outs[k], refs[k])
+
+
 def test_cudagraphs_state_owns_what_it_keeps():
     """Under CUDA graphs a piece's outputs are overwritten by the next replay: what the state
     keeps of them (DBPrune's reference: the block input) must be a copy."""

@@ -36,6 +36,15 @@ def _gatherer(slots: list[int]) -> Callable[[list], tuple]:
     return operator.itemgetter(*slots)
 
 
+def _output_builder(output: Any) -> Callable[[list], Any]:
+    """The graph's output structure from the environment (dynamo's graphs return a flat tuple
+    of nodes: one precomputed gather; anything else is rebuilt generically)."""
+    if isinstance(output, tuple) and output and all(isinstance(s, Slot) for s in output):
+        get = _gatherer([s.index for s in output])
+        return lambda env: tuple(get(env))
+    return lambda env: fx.node.map_aggregate(output, lambda s: env[s.index] if isinstance(s, Slot) else s)
+
+
 def _spec(v: Any) -> Any:
     """What is needed to rebuild a fake twin of an argument (tensors are not kept alive)."""
     if isinstance(v, torch.Tensor):
@@ -85,6 +94,7 @@ class Runner:
                     "residual can rebuild them; reusing them would apply a stale tensor")
                 session.warn(f"loop {loop_names[piece.loop]} always computes: {self.never_cache[piece.loop]}")
         self.timestep_slot = next((i for i, n in enumerate(prog.arg_names) if _TIMESTEP.match(n)), None)
+        self._output = _output_builder(prog.output)
         # torch.compile(backend="dit_cache"): maps the call's arguments to the module's session
         self.resolve: Optional[Callable[[tuple], "Session"]] = None
 
@@ -113,7 +123,7 @@ class Runner:
         session.end_call()
         if self.arg_specs[0] is None:  # the first call: each piece's argument shapes, for piece_flops
             self.arg_specs = [[_spec(env[j]) for j in p.inputs] for p in prog.pieces]
-        return fx.node.map_aggregate(prog.output, lambda s: env[s.index] if isinstance(s, Slot) else s)
+        return self._output(env)
 
     def piece_flops(self) -> Optional[list[int]]:
         """FLOPs of one run of each piece, counted once under FakeTensorMode (no memory, no
@@ -150,12 +160,15 @@ class Runner:
         if key is not None and key in lp.config.non_prune_block_ids:
             return self._run(piece, fn, gather, env)
         outs = [o for _, o in spec.residual_pairs]
+        folded = spec.measured is not None  # the Fn residual, its sum and the residuals come from the pieces
         call = MiddleCall(session or self.session, lp.name, lp.config, lp.calibrator_config, key,
                           self.never_cache.get(piece.loop), spec.hidden_pair, env[spec.hidden_inF],
-                          env[spec.hidden_in0], [env[i] for i, _ in spec.residual_pairs])
+                          env[spec.hidden_in0], [env[i] for i, _ in spec.residual_pairs],
+                          (env[spec.measured], env[spec.measured_sum]) if folded else None)
         if not call.cache:
             self._run(piece, fn, gather, env)
-            return call.computed([env[o] for o in outs], [env[o] for o in spec.value_outputs])
+            return call.computed([env[o] for o in outs], [env[o] for o in spec.value_outputs],
+                                 ([env[r] for r in spec.residuals], env[spec.residual_poison]) if folded else None)
         new, values = call.cached()
         for o, v in zip(outs + spec.value_outputs, new + values):
             env[o] = v

@@ -4,12 +4,14 @@ a middle piece) and the block path (``BlockRunner``, the middle blocks of a list
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from ..config import CalibratorConfig, DBCacheConfig
-from ..kernels import apply_residuals, fused_residual_diff, rel_l1_diff
+from ..kernels import apply_residuals, backend_for, fused_residual_diff, rel_l1_diff
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -35,14 +37,34 @@ def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
     return ref, ratio.float()
 
 
+def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, den: Optional[torch.Tensor]) -> float:
+    """sum|measured - ref| / den as a float, with ``den`` = sum|ref| stored by a folded computed
+    step (NaN when that step's reference or residuals were not finite: the diff is NaN and the
+    step computes). Called only when the rule chain reads the diff. On a GPU one Triton launch
+    reads both tensors; on CPU one op and two host reads replace the ~10 ops of the reference
+    implementation (same policy: +inf when sum|ref| is 0, NaN when anything is not finite)."""
+    if den is None:  # stored by an unfolded call (another graph of the same loop)
+        return float(rel_l1_diff(measured, ref))
+    if measured.is_cuda and backend_for(measured) == "triton":
+        return float(rel_l1_diff(measured, ref) + den * 0)
+    if measured.dtype in (torch.float16, torch.bfloat16):  # subtract and sum in fp32, as the kernel does
+        measured, ref = measured.float(), ref.float()
+    num, d = float(torch.dist(measured, ref, 1)), float(den)
+    if not (math.isfinite(num) and math.isfinite(d)):
+        return math.nan
+    return num / d if d > 0 else math.inf
+
+
 class MiddleCall:
     """``key`` is None for DBCache's whole middle (decided on the Fn residual ``x - x0``) and
     the block id for a DBPrune block (decided on its input ``x``). ``ins`` are the streams
-    entering the middle; ``hidden`` the index of the hidden stream among them."""
+    entering the middle; ``hidden`` the index of the hidden stream among them. ``folded``: the Fn
+    residual and its fp32 L1 sum, when the Fn piece computed them (``fold``)."""
 
     def __init__(self, session: "Session", name: str, config: DBCacheConfig,
                  calibrator_config: Optional[CalibratorConfig], key: Optional[int], never_cache: Optional[str],
-                 hidden: Optional[int], x: torch.Tensor, x0: Optional[torch.Tensor], ins: list[torch.Tensor]):
+                 hidden: Optional[int], x: torch.Tensor, x0: Optional[torch.Tensor], ins: list[torch.Tensor],
+                 folded: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
         self.state = state = session.state(name, session.branch, config, calibrator_config)
         state.step = session.step
         state.never_cache = never_cache
@@ -52,9 +74,16 @@ class MiddleCall:
         self.own = session.compile_options.cudagraphs
         reference = state.reference_for(key, x, ins)
         group = session.process_group
+        # a piece output (DBPrune's block input, a folded Fn residual) may live in a CUDA graph pool
+        self.is_output = key is not None or folded is not None
+        self.measured_sum: Optional[torch.Tensor] = None
         if group is not None:  # sharded activations: every rank must take the same decision
-            self.measured = x - x0 if key is None else x
+            self.measured = folded[0] if folded is not None else x - x0 if key is None else x
             reference, ratio = _global_ratio(self.measured, reference, group)
+        elif folded is not None:
+            self.measured, self.measured_sum = folded
+            ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key].den)
+                     if reference is not None else None)
         elif key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
             self.measured, ratio = fused_residual_diff(x, x0, reference)
         else:
@@ -85,13 +114,20 @@ class MiddleCall:
         state.record(self.decision, self.key)
         return outs, list(buf.values)
 
-    def computed(self, outs: list[torch.Tensor], values: list[Any]) -> None:
-        """Store what the computed middle produced (its residuals and non-tensor outputs)."""
+    def computed(self, outs: list[torch.Tensor], values: list[Any],
+                 folded: Optional[tuple[list[torch.Tensor], torch.Tensor]] = None) -> None:
+        """Store what the computed middle produced (its residuals and non-tensor outputs).
+        ``folded``: the residuals and their finiteness poison, when the middle piece computed them."""
         state, cal = self.state, self.state.calibrator
-        residuals = [o - t for o, t in zip(outs, self.ins)]  # new tensors, outside any graph pool
-        # DBPrune's reference is the block's input, a piece output (DBCache's is the Fn residual: new)
-        reference = self.measured.clone() if self.own and self.key is not None else self.measured
-        state.store(self.key, reference, residuals, values)
+        if folded is None:
+            residuals = [o - t for o, t in zip(outs, self.ins)]  # new tensors, outside any graph pool
+        else:
+            residuals = [r.clone() for r in folded[0]] if self.own else folded[0]
+        reference = self.measured.clone() if self.own and self.is_output else self.measured
+        if folded is not None and self.measured_sum is not None:  # no sync: the next diff reads the poison
+            state.keep(self.key, reference, residuals, values, self.measured_sum + folded[1])
+        else:
+            state.store(self.key, reference, residuals, values)
         for k in range(len(outs)):
             if self.calibrated[k]:
                 hidden = outs[k].clone() if self.own else outs[k]

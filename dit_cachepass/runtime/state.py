@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -34,6 +34,9 @@ class Buffer:
     reference: torch.Tensor
     residuals: list[torch.Tensor]
     values: list[object]
+    # folded steps: sum|reference| (fp32), NaN/inf when the step produced non-finite values; its
+    # finiteness is checked when a diff is read (no host sync on the computed step itself)
+    den: Optional[torch.Tensor] = None
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -95,10 +98,10 @@ class LoopState:
     def _current(self) -> Optional[StepRecord]:
         return self.records[-1] if self.records and self.records[-1].step == self.step else None
 
-    def decide(self, key: Optional[int], reference: Optional[torch.Tensor], ratio: Optional[torch.Tensor]
-               ) -> Decision:
-        """``ratio``: the 0-d relative L1 diff against ``reference``; read (one host sync)
-        only when the rule chain gets that far. ``key`` is None for DBCache's middle, the
+    def decide(self, key: Optional[int], reference: Optional[torch.Tensor],
+               ratio: Union[None, torch.Tensor, Callable[[], float]]) -> Decision:
+        """``ratio``: the 0-d relative L1 diff against ``reference`` (or a function computing
+        it); read (one host sync) only when the rule chain gets that far. ``key`` is None for DBCache's middle, the
         block id for a DBPrune block."""
         if self.never_cache is not None:
             return Decision(False, "unsafe-middle")
@@ -111,10 +114,27 @@ class LoopState:
             threshold = lambda: self.config.prune_threshold(rec.diffs if rec is not None else [])  # noqa: E731
         n_cached = len(self.cached_steps) if self.config.max_cached_steps >= 0 else 0  # O(steps): only when capped
         d = self.policy.decide(self.step, n_cached, continuous, self.accumulated,
-                               reference is not None, lambda: self._shared_diff() or float(ratio), threshold)
+                               reference is not None, lambda: self._shared_diff() or (ratio() if callable(ratio) else float(ratio)), threshold)
         if reference is None and key in self.buffers and d.reason == "no-reference":
             d = Decision(False, "shape-change")
+        elif d.reason == "non-finite-diff" and self._poisoned(key):
+            d = Decision(False, "no-reference")  # as if ``store`` had refused the step's values
         return d
+
+    def _poisoned(self, key: Optional[int]) -> bool:
+        """Did the step that stored this buffer produce non-finite values? Then drop it, as
+        ``store`` does for unfolded steps (one sync, only after a non-finite diff)."""
+        buf = self.buffers.get(key)
+        if buf is None or buf.den is None or bool(torch.isfinite(buf.den)):
+            return False
+        self.buffers.pop(key)
+        self._warn_non_finite()
+        return True
+
+    def _warn_non_finite(self) -> None:
+        if self.warn is not None:
+            self.warn(f"loop {self.name}: a computed step produced non-finite values (NaN/inf); its "
+                      "residuals are not kept, so no later step reuses them", "non-finite")
 
     def _shared_diff(self) -> Optional[float]:
         """With ``cfg_diff_compute_separate=False`` a CFG branch reuses the cond branch's diff."""
@@ -153,17 +173,20 @@ class LoopState:
         finite = torch.stack(torch._foreach_norm(tensors, 1, dtype=acc)).isfinite().all()
         if not bool(finite):
             self.buffers.pop(key, None)
-            if self.warn is not None:
-                self.warn(f"loop {self.name}: a computed step produced non-finite values (NaN/inf); its "
-                          "residuals are not kept, so no later step reuses them", "non-finite")
+            self._warn_non_finite()
             return
         self.buffers[key] = Buffer(reference, residuals, values)
 
+    def keep(self, key: Optional[int], reference: torch.Tensor, residuals: list[torch.Tensor],
+             values: list[object], den: torch.Tensor) -> None:
+        """``store`` for a folded step: ``den`` (sum|reference|, NaN/inf when anything was not
+        finite) is checked by the next diff instead of now."""
+        self.buffers[key] = Buffer(reference, residuals, values, den)
+
     # -- snapshot / restore (a call that raises leaves the state as before it) ------------
     def snapshot(self) -> tuple:
-        last = copy.copy(self.records[-1]) if self.records else None
-        if last is not None:
-            last.skipped, last.diffs = list(last.skipped), list(last.diffs)
+        r = self.records[-1] if self.records else None  # DBPrune updates the current record in place
+        last = StepRecord(r.step, r.cached, r.reason, r.diff, list(r.skipped), list(r.diffs)) if r else None
         return (self.step, self.generation, self.finished, dict(self.buffers), self.continuous, self.accumulated,
                 list(self.records), last, list(self.history), _copy_calibrator(self.calibrator), self.never_cache)
 
