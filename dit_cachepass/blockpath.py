@@ -368,6 +368,7 @@ class _LoopRuntime:
                                        "this call computes every block")
             return fwd(*args, **kwargs)
         self.expected = i + 1
+        self.session.place()
         if self.session.unsure is not None:  # a call no state may see (the session says why)
             return fwd(*args, **kwargs)
         if self.pending is not None:

@@ -127,6 +127,7 @@ class Session:
         self._pending_reset = False
         self._depth = 0  # nesting of begin_call (forward wrapper, runners)
         self._snap: Optional[tuple] = None
+        self._pending: Optional[tuple] = None  # (timestep, branch context) of a call not yet placed
         self._warned: set[str] = set()
         self.previous_forward = None
         self.previous_cache_context = None
@@ -181,6 +182,7 @@ class Session:
         for a branch told apart by the timestep heuristic, a str for a named branch. While
         the call in progress is ``unsure``, a scratch state no later call sees (no reference:
         the middle computes, and what it stores is dropped)."""
+        self.place()
         if self.unsure is not None:
             return LoopState(f"{name} [unsure]", config, calibrator_config)
         key = (name, branch)
@@ -233,19 +235,29 @@ class Session:
 
     # -- one transformer call -----------------------------------------------------------
     def begin_call(self, timestep: Any = None) -> None:
-        """Called once per transformer call, before any piece runs: sets ``branch``, ``step``
-        (the pipeline step, shared by the branches of one step) and ``unsure`` (a reason when
-        the call must compute and leave every state untouched, else None). Nested calls (a
-        runner inside the forward wrapper, or a second graph of the same forward) join the
-        call in progress. State is snapshotted first: ``abort_call`` restores it if the call
-        raises, so a retried call is filed exactly like the first attempt."""
+        """Called once per transformer call, before any piece runs. Nested calls (a runner
+        inside the forward wrapper, or a second graph of the same forward) join the call in
+        progress. State is snapshotted first: ``abort_call`` restores it if the call raises, so
+        a retried call is filed exactly like the first attempt. The call is placed (``place``)
+        when a state is first needed: reading a timestep that lives on a GPU is a host sync,
+        which there coincides with the decision's own sync after the Fn blocks instead of
+        stalling the launch of the glue and Fn blocks."""
         if self._depth:
             self._depth += 1
             return
         self._snap = self._snapshot()
         self._depth = 1
         self.unsure = None
-        ctx = self._context
+        self._pending = (timestep, self._context)
+
+    def place(self) -> None:
+        """Sets ``branch``, ``step`` (the pipeline step, shared by the branches of one step) and
+        ``unsure`` (a reason when the call must compute and leave every state untouched, else
+        None) for the call in progress; once per call, on first need."""
+        if self._pending is None:
+            return
+        timestep, ctx = self._pending
+        self._pending = None
         value = _scalar(timestep)
         if self._pending_reset:  # refresh(), or a generation scope began or ended
             self._new_generation()
@@ -281,8 +293,11 @@ class Session:
             self.unsure = "disabled"
 
     def end_call(self) -> None:
-        """The call returned: keep what it changed."""
+        """The call returned: keep what it changed (a call that needed no state is placed now,
+        so it counts as a step all the same)."""
         if self._depth:
+            if self._depth == 1:
+                self.place()
             self._depth -= 1
             if not self._depth:
                 self._snap = None
@@ -292,6 +307,8 @@ class Session:
         if not self._depth:
             return
         self._depth -= 1
+        if not self._depth:
+            self._pending = None
         if not self._depth and self._snap is not None:
             self._restore(self._snap)
             self._snap = None

@@ -237,3 +237,20 @@ def test_models_behind_a_diffusers_hook_get_their_own_dynamo_cache():
             x = e.inputs(0, 4, 1.0)
             torch.testing.assert_close(m(**x, return_dict=False)[0], ref(**x, return_dict=False)[0])
             assert any(g.loops for g in m._dit_cachepass.graphs)
+
+
+def test_the_timestep_is_read_after_the_fn_piece(monkeypatch):
+    """Reading a GPU timestep is a host sync: it waits until the decision needs it (after the Fn
+    blocks were launched), where the diff's own sync happens anyway."""
+    import dit_cachepass.session as session_mod
+
+    _, m = make()
+    call(m, 0)
+    runner = m._dit_cachepass.runners[0]
+    k = next(i for i, p in enumerate(runner.prog.pieces) if p.kind == "Fn")
+    order, fn, scalar = [], runner.fns[k], session_mod._scalar
+    runner.fns[k] = lambda *a: (order.append("Fn"), fn(*a))[1]
+    monkeypatch.setattr(session_mod, "_scalar", lambda t: (order.append("timestep"), scalar(t))[1])
+    call(m, 1)
+    assert order == ["Fn", "timestep"]
+    assert [r.step for r in dcp.summary(m).loops[0].steps] == [0, 1]

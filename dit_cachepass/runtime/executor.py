@@ -113,10 +113,13 @@ class Runner:
         session.begin_call(args[self.timestep_slot] if self.timestep_slot is not None else None)
         try:
             for piece, fn, gather in zip(prog.pieces, self.fns, self.gather):
-                if piece.kind == "middle" and session.unsure is None:
-                    self._middle(piece, fn, gather, env, session)
-                else:  # glue, Fn, Bn; or a call no state may see: compute the middle too
-                    self._run(piece, fn, gather, env)
+                if piece.kind == "middle":
+                    session.place()  # the call's branch and step, first needed here (after Fn)
+                    if session.unsure is None:
+                        self._middle(piece, fn, gather, env, session)
+                        continue
+                # glue, Fn, Bn; or a call no state may see: compute the middle too
+                self._run(piece, fn, gather, env)
         except BaseException:
             session.abort_call()  # counters, buffers and records as before this call
             raise

@@ -65,6 +65,7 @@ class MiddleCall:
                  calibrator_config: Optional[CalibratorConfig], key: Optional[int], never_cache: Optional[str],
                  hidden: Optional[int], x: torch.Tensor, x0: Optional[torch.Tensor], ins: list[torch.Tensor],
                  folded: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+        session.place()  # (the call's branch and step)
         self.state = state = session.state(name, session.branch, config, calibrator_config)
         state.step = session.step
         state.never_cache = never_cache
