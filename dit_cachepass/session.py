@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import operator
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -442,12 +443,11 @@ class Session:
     def _snapshot(self) -> tuple:
         """The session's own counters now; a loop state is snapshotted when the call first
         touches it (``state``, ``_new_generation``): most calls touch one state per loop."""
-        return ({k: getattr(self, k) for k in self._SCALARS}, dict(self._named_steps), dict(self._named_ts),
-                dict(self.states), {})
+        return (_get_scalars(self), dict(self._named_steps), dict(self._named_ts), dict(self.states), {})
 
     def _restore(self, snap: tuple) -> None:
         scalars, named, named_ts, states, loop_snaps = snap
-        for k, v in scalars.items():
+        for k, v in zip(self._SCALARS, scalars):
             setattr(self, k, v)
         self._named_steps, self._named_ts = named, named_ts
         self.states = states
@@ -503,6 +503,9 @@ class Session:
 
     def _uncached(self, reasons: list[str]) -> None:
         self.warn(f"running uncached: {'; '.join(reasons) or 'no block loop found'}")
+
+
+_get_scalars = operator.attrgetter(*Session._SCALARS)  # one C call per snapshot
 
 
 def _session_from_settings(settings: dict) -> Session:
