@@ -45,7 +45,7 @@ printf '\n## GPU run %s on %s (%s), `bash benchmarks/gpu.sh`\n' "$(date -u +%F)"
 T0=$SECONDS
 run aot 60 $PY -m dit_cachepass.kernels.aot --roofline
 run kernels 60 $PY benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps "$PEAK"
-run overhead 90 $PY benchmarks/overhead.py --device cuda --rounds 7 --calls 50
+run overhead 90 $PY benchmarks/overhead.py --device cuda --rounds 40 --calls 10 --variants plain,computed,unfolded,cached
 run e2e 240 $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \
   --variants eager,compiled,compiled_regional,cachedit,cachedit_compiled,diffusers_fbc,dcp_inductor,dcp_regional,dcp_reduce_overhead \
   --threads 0 --out benchmarks/e2e_gpu.png

@@ -37,19 +37,21 @@ def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
     return ref, ratio.float()
 
 
-def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, den: Optional[torch.Tensor]) -> float:
-    """sum|measured - ref| / den as a float, with ``den`` = sum|ref| stored by a folded computed
-    step (NaN when that step's reference or residuals were not finite: the diff is NaN and the
-    step computes). Called only when the rule chain reads the diff. On a GPU one Triton launch
-    reads both tensors; on CPU one op and two host reads replace the ~10 ops of the reference
-    implementation (same policy: +inf when sum|ref| is 0, NaN when anything is not finite)."""
+def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, den: Optional[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> float:
+    """sum|measured - ref| / sum|ref| as a float. ``den``: sum|ref| and the poison (0, or NaN when
+    that step's residuals were not finite) stored by a folded computed step, read here as host
+    floats: the diff is NaN and the step computes when anything was not finite. Called only
+    when the rule chain reads the diff. On a GPU one Triton launch reads both tensors; on CPU
+    one op and three host reads replace the ~10 ops of the reference implementation (same
+    policy: +inf when sum|ref| is 0, NaN when anything is not finite)."""
     if den is None:  # stored by an unfolded call (another graph of the same loop)
         return float(rel_l1_diff(measured, ref))
     if measured.is_cuda and backend_for(measured) == "triton":
-        return float(rel_l1_diff(measured, ref) + den * 0)
+        return float(rel_l1_diff(measured, ref)) + float(den[1])
     if measured.dtype in (torch.float16, torch.bfloat16):  # subtract and sum in fp32, as the kernel does
         measured, ref = measured.float(), ref.float()
-    num, d = float(torch.dist(measured, ref, 1)), float(den)
+    num, d = float(torch.dist(measured, ref, 1)), float(den[0]) + float(den[1])
     if not (math.isfinite(num) and math.isfinite(d)):
         return math.nan
     return num / d if d > 0 else math.inf
@@ -126,7 +128,8 @@ class MiddleCall:
             residuals = [r.clone() for r in folded[0]] if self.own else folded[0]
         reference = self.measured.clone() if self.own and self.is_output else self.measured
         if folded is not None and self.measured_sum is not None:  # no sync: the next diff reads the poison
-            state.keep(self.key, reference, residuals, values, self.measured_sum + folded[1])
+            den = (self.measured_sum, folded[1])
+            state.keep(self.key, reference, residuals, values, tuple(t.clone() for t in den) if self.own else den)
         else:
             state.store(self.key, reference, residuals, values)
         for k in range(len(outs)):

@@ -7,6 +7,7 @@ graph (new shapes) finds the same state and its shape checks force a full comput
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -34,9 +35,9 @@ class Buffer:
     reference: torch.Tensor
     residuals: list[torch.Tensor]
     values: list[object]
-    # folded steps: sum|reference| (fp32), NaN/inf when the step produced non-finite values; its
-    # finiteness is checked when a diff is read (no host sync on the computed step itself)
-    den: Optional[torch.Tensor] = None
+    # folded steps: (sum|reference| in fp32, poison: 0 or NaN when a residual was not finite); read
+    # with the next diff, so the computed step itself has no host sync
+    den: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -125,7 +126,7 @@ class LoopState:
         """Did the step that stored this buffer produce non-finite values? Then drop it, as
         ``store`` does for unfolded steps (one sync, only after a non-finite diff)."""
         buf = self.buffers.get(key)
-        if buf is None or buf.den is None or bool(torch.isfinite(buf.den)):
+        if buf is None or buf.den is None or math.isfinite(float(buf.den[0]) + float(buf.den[1])):
             return False
         self.buffers.pop(key)
         self._warn_non_finite()
@@ -178,9 +179,9 @@ class LoopState:
         self.buffers[key] = Buffer(reference, residuals, values)
 
     def keep(self, key: Optional[int], reference: torch.Tensor, residuals: list[torch.Tensor],
-             values: list[object], den: torch.Tensor) -> None:
-        """``store`` for a folded step: ``den`` (sum|reference|, NaN/inf when anything was not
-        finite) is checked by the next diff instead of now."""
+             values: list[object], den: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """``store`` for a folded step: ``den`` (sum|reference| and the residuals' poison) is
+        checked by the next diff instead of now."""
         self.buffers[key] = Buffer(reference, residuals, values, den)
 
     # -- snapshot / restore (a call that raises leaves the state as before it) ------------
