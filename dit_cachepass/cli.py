@@ -46,8 +46,8 @@ def _metrics(args: argparse.Namespace) -> int:
 def _coverage(args: argparse.Namespace) -> int:
     from .coverage import markdown, matrix
 
-    rows = matrix(args.entry or None, progress=not args.quiet)
-    text = markdown(rows)
+    rows = matrix(args.entry or None, progress=not args.quiet, lowering=args.lowering)
+    text = markdown(rows, args.lowering)
     if args.write:
         with open(args.write, "w") as f:
             f.write(text)
@@ -83,6 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c = sub.add_parser("coverage", help="which diffusers transformer classes are cached, by which path (tiny models)")
     c.add_argument("entry", nargs="*", help="zoo entry names (default: all)")
     c.add_argument("--write", metavar="PATH", help="also write the markdown table to PATH (e.g. docs/coverage.md)")
+    c.add_argument("--lowering", choices=["full", "regional"], default="full",
+                   help="full: the graph path where it works (default); regional: every class on the block path")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_coverage)
 

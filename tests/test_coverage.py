@@ -27,3 +27,16 @@ def test_class_is_cached_or_says_why(name):
         assert row.cached, row
     if name in PATHS:
         assert row.path == PATHS[name], row
+
+
+def test_cli_checks_chosen_classes_with_regional_lowering(tmp_path):
+    """``python -m dit_cachepass coverage flux --lowering regional --write F``: the block path
+    caches FLUX, and the written table says which lowering it checked."""
+    from dit_cachepass.cli import main
+
+    out = tmp_path / "coverage.md"
+    assert main(["coverage", "flux", "--lowering", "regional", "-q", "--write", str(out)]) == 0
+    text = out.read_text()
+    assert "lowering='regional'" in text
+    row = next(line for line in text.splitlines() if line.startswith("| FluxTransformer2DModel "))
+    assert "| block |" in row and row.endswith("| cached |") and "| yes |" in row, row
