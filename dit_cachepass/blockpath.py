@@ -41,7 +41,6 @@ class BlockCall:
     inputs: dict[str, Any]  # bound arguments by parameter name
     outputs: list[Any]  # flattened: a tensor output is [t], a tuple/list its elements
     tuple_output: bool = False  # the block returned a tuple/list (else one tensor)
-    flops: int = 0  # FLOPs of this call (counted during the trace)
 
 
 @dataclass
@@ -88,17 +87,12 @@ def top_level_lists(module: nn.Module) -> dict[str, nn.ModuleList]:
             if isinstance(m, nn.ModuleList) and len(m) >= 1 and not torch_layer_class(type(m[0]))}
 
 
-def trace_block_calls(module: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[BlockCall], int]:
+def trace_block_calls(module: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[BlockCall]]:
     """Run ``run()`` (one eager forward of ``module``) with hooks recording every call of every
-    block of every top-level ModuleList; returns its output, the calls in order and the FLOPs
-    of the whole call (each call's own in ``BlockCall.flops``: the block path's summary weighs
-    executed against full FLOPs as the graph path's does)."""
-    from .flops import flop_counter
-
+    block of every top-level ModuleList; returns its output and the calls in order."""
     calls: list[BlockCall] = []
     handles = []
-    pending: dict[int, list[tuple[dict, int]]] = {}
-    counter = flop_counter()
+    pending: dict[int, list[dict]] = {}
     for name, lst in top_level_lists(module).items():
         for i, block in enumerate(lst):
             sig = inspect.signature(block.forward)
@@ -107,35 +101,23 @@ def trace_block_calls(module: nn.Module, run: Callable[[], Any]) -> tuple[Any, l
                 try:
                     bound = sig.bind(*args, **kwargs)
                     bound.apply_defaults()
-                    arguments = dict(bound.arguments)
+                    pending.setdefault(id(mod), []).append(dict(bound.arguments))
                 except TypeError:
-                    arguments = {}
-                pending.setdefault(id(mod), []).append((arguments, counter.get_total_flops()))
+                    pending.setdefault(id(mod), []).append({})
 
             def post(mod, args, kwargs, out, name=name, i=i):
-                inputs, start = pending[id(mod)].pop()
+                inputs = pending[id(mod)].pop()
                 outputs, is_tuple = _flat(out)
-                calls.append(BlockCall(name, i, mod, inputs, outputs, is_tuple, counter.get_total_flops() - start))
+                calls.append(BlockCall(name, i, mod, inputs, outputs, is_tuple))
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(block.register_forward_hook(post, with_kwargs=True))
     try:
-        with counter:
-            out = run()
+        out = run()
     finally:
         for h in handles:
             h.remove()
-    return out, calls, counter.get_total_flops()
-
-
-def loop_flops(calls: list[BlockCall], lp: LoopPlan) -> dict:
-    """FLOPs of one run of each skippable piece of a block-path loop, as the graph path's
-    summary keys them: None for DBCache's middle, the block id for each DBPrune block."""
-    by_module: dict[int, int] = {}
-    for c in calls:
-        by_module[id(c.module)] = by_module.get(id(c.module), 0) + c.flops
-    per_block = {i: by_module.get(id(b.module), 0) for i, b in enumerate(lp.loop.blocks) if i in lp.middle}
-    return per_block if lp.per_block else {None: sum(per_block.values())}
+    return out, calls
 
 
 def _identity_edges(a: BlockCall, b: BlockCall, through_glue: bool = True) -> dict[int, str]:
@@ -317,13 +299,9 @@ def _hidden(block: ListBlock, call: BlockCall) -> int:
 class BlockRunner:
     """Installs the wrapped block forwards of every planned loop; ``uninstall`` restores them."""
 
-    def __init__(self, session: Any, loops: list[LoopPlan], compile_block: Callable[[nn.Module], Callable],
-                 calls: Optional[list[BlockCall]] = None, call_flops: int = 0):
+    def __init__(self, session: Any, loops: list[LoopPlan], compile_block: Callable[[nn.Module], Callable]):
         self.session, self.loops = session, loops
         self.runtimes = [_LoopRuntime(session, lp, compile_block) for lp in loops]
-        # for summary(): one call's FLOPs and each loop's skippable FLOPs, from the traced call
-        self.call_flops = call_flops
-        self.piece_flops = {lp.name: loop_flops(calls, lp) for lp in loops} if calls else {}
 
     def begin_call(self) -> None:
         for rt in self.runtimes:

@@ -155,7 +155,7 @@ def explain(module: torch.nn.Module, *args: Any, cache_config: Optional[DBCacheC
             reports, path, graphs = retry, "graph (scalar/dynamic-output capture)", len(retry)
     if block_path_may_help(module, reports):
         with torch.no_grad():
-            _, calls, _ = trace_block_calls(module, lambda: _isolated_forward(module, prior)(*args, **kwargs))
+            _, calls = trace_block_calls(module, lambda: _isolated_forward(module, prior)(*args, **kwargs))
         block = block_path_report(module, session, calls)
         tried.append("graph path cached nothing; traced one eager call at the block-list level")
         if block.loops:

@@ -250,7 +250,7 @@ class ModulePaths:
     def _trace_blocks(self, args: tuple, kwargs: dict) -> Any:
         s = self.session
         self.decided = True
-        out, calls, flops = blockpath.trace_block_calls(self.module, lambda: self.eager(*args, **kwargs))
+        out, calls = blockpath.trace_block_calls(self.module, lambda: self.eager(*args, **kwargs))
         try:
             report = block_path_report(self.module, s, calls)
         except Exception as err:  # noqa: BLE001 - never crash: later calls run uncached
@@ -265,7 +265,7 @@ class ModulePaths:
             self._back_to_graph()
             s.checked_first_forward = False  # after_forward warns with the reasons
             return out
-        self.runner = blockpath.BlockRunner(s, plans, regional_compiler(s.backend, s.compile_options), calls, flops)
+        self.runner = blockpath.BlockRunner(s, plans, regional_compiler(s.backend, s.compile_options))
         for rt in self.runner.runtimes:  # copies / pickles of a block get its own forward back
             for block, _prior in rt.saved:
                 fn = block.__dict__.get("forward")

@@ -63,15 +63,11 @@ class Summary:
     def from_session(cls, session) -> "Summary":
         runner = session.runners[-1] if session.runners else None
         flops = (runner.piece_flops() if runner is not None else []) or []
-        call_flops = sum(flops)
         middle: dict[str, dict] = {}
         if runner is not None:
             for piece, f in zip(runner.prog.pieces, flops):
                 if piece.kind == "middle":
                     middle.setdefault(runner.loop_names[piece.loop], {})[piece.block] = f
-        block_runner = getattr(session.paths, "runner", None)  # the block path (regional lowering)
-        if block_runner is not None and session.paths.stage == "block" and block_runner.piece_flops:
-            middle, call_flops = block_runner.piece_flops, block_runner.call_flops
         loops = []
         for (name, _branch), s in session.states.items():
             steps = s.records if s.records or not s.history else s.history[-1]
@@ -79,7 +75,7 @@ class Summary:
                                      middle.get(name, {})))
         first = next(iter(session.states), (None, 0))[0]
         calls = sum(len(l.steps) for (name, _), l in zip(session.states, loops) if name == first)
-        return cls(loops, session.config.strify(), call_flops, calls, session.config.threshold)
+        return cls(loops, session.config.strify(), sum(flops), calls, session.config.threshold)
 
     @property
     def full_flops(self) -> int:
