@@ -4,8 +4,9 @@ For each entry, one compiled model runs ``EXACT_STEPS + STEPS`` steps: the first
 are computed (``steps_computation_mask``) and must equal the eager model (the split never
 changes results), and the rest, at a high threshold, must take cached steps (the zoo's inputs
 vary slowly: first-block residual changes of ~0.03-0.2 per step, so ``threshold=0.5`` caches).
-One compile per class, not one per check: dynamo's capture is most of a tiny model's time. ``python -m dit_cachepass coverage``
-prints the table; ``--write docs/coverage.md`` regenerates the document.
+One compile per class, not one per check: dynamo's capture is most of a tiny model's time.
+``python -m dit_cachepass coverage`` prints the table; ``--write docs/coverage.md`` regenerates
+the document.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Every op gets the segment of its block (Fn / middle / Bn of loop k; DBPrune: one middle
 segment per block); an op outside the blocks gets the latest segment among its inputs, and
 never one earlier than the Bn of the loop it follows (glue after a loop joins that loop's Bn
-piece, glue before the first loop joins its Fn piece: one piece call fewer each). Because a segment is never lower than its inputs' segments,
-running the pieces in segment order respects every data dependency, and glue inside the loop
-(a control hint added after block 5, a perceiver between blocks) lands in the middle by
-construction. Values live in a flat environment of slots: graph arguments first, then piece
+piece, glue before the first loop joins its Fn piece: one piece call fewer each). Because a
+segment is never lower than its inputs' segments, running the pieces in segment order respects
+every data dependency, and glue inside the loop (a control hint added after block 5, a perceiver
+between blocks) lands in the middle by construction. Values live in a flat environment of slots: graph arguments first, then piece
 outputs.
 """
 

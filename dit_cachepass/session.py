@@ -196,9 +196,14 @@ class Session:
             self.states[key] = st  # new in this call: a restore drops it with the old dict
             return st
         st = self.states[key]
-        if self._snap is not None and key not in self._snap[4]:
-            self._snap[4][key] = st.snapshot()  # first touch in this call: kept for abort_call
+        self._touch(key, st)
         return st
+
+    def _touch(self, key: tuple[str, Branch], st: LoopState) -> None:
+        """Before a call first changes a loop state: keep its snapshot for ``abort_call``."""
+        touched = self._snap[4] if self._snap is not None else None
+        if touched is not None and key not in touched:
+            touched[key] = st.snapshot()
 
     def refresh(self) -> None:
         """Start a new generation at the next call (and forget what the heuristics learnt)."""
@@ -427,8 +432,7 @@ class Session:
         if self.calls:
             self.generation += 1
             for key, s in self.states.items():
-                if self._snap is not None and key not in self._snap[4]:
-                    self._snap[4][key] = s.snapshot()
+                self._touch(key, s)
                 s.new_generation()
         self.calls = self.steps = 0
         self._lead = None

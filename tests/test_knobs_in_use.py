@@ -43,8 +43,8 @@ def _failing_after_the_middle(m, knob):
         raise RuntimeError("out of memory (simulated)")
 
     if knob == "regional":  # blocks run as modules: a hook on the last block
-        handle = next(mod for name, mod in m.named_modules() if name.endswith("blocks.3"))
-        handle = handle.register_forward_pre_hook(boom)
+        last_block = next(mod for name, mod in m.named_modules() if name.endswith("blocks.3"))
+        handle = last_block.register_forward_pre_hook(boom)
         try:
             yield
         finally:

@@ -15,6 +15,7 @@ from ..kernels import apply_residuals, backend_for, fused_residual_diff, rel_l1_
 
 if TYPE_CHECKING:
     from ..session import Session
+    from .state import Buffer
 
 
 def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
@@ -37,21 +38,20 @@ def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
     return ref, ratio.float()
 
 
-def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, den: Optional[tuple[torch.Tensor, torch.Tensor]]
-                 ) -> float:
-    """sum|measured - ref| / sum|ref| as a float. ``den``: sum|ref| and the poison (0, or NaN when
-    that step's residuals were not finite) stored by a folded computed step, read here as host
-    floats: the diff is NaN and the step computes when anything was not finite. Called only
-    when the rule chain reads the diff. On a GPU one Triton launch reads both tensors; on CPU
-    one op and three host reads replace the ~10 ops of the reference implementation (same
-    policy: +inf when sum|ref| is 0, NaN when anything is not finite)."""
-    if den is None:  # stored by an unfolded call (another graph of the same loop)
+def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, buf: "Buffer") -> float:
+    """sum|measured - ref| / sum|ref| as a float. A folded computed step stored sum|ref| and a
+    poison (0, or NaN when its residuals were not finite) in ``buf.den``, read here as host floats:
+    the diff is NaN and the step computes when anything was not finite. Called only when the rule
+    chain reads the diff. On a GPU one Triton launch reads both tensors; on CPU one op and three
+    host reads replace the ~10 ops of the reference implementation (same policy: +inf when
+    sum|ref| is 0, NaN when anything is not finite)."""
+    if buf.den is None:  # stored by an unfolded call (another graph of the same loop)
         return float(rel_l1_diff(measured, ref))
     if measured.is_cuda and backend_for(measured) == "triton":
-        return float(rel_l1_diff(measured, ref)) + float(den[1])
+        return float(rel_l1_diff(measured, ref)) + float(buf.den[1])
     if measured.dtype in (torch.float16, torch.bfloat16):  # subtract and sum in fp32, as the kernel does
         measured, ref = measured.float(), ref.float()
-    num, d = float(torch.dist(measured, ref, 1)), float(den[0]) + float(den[1])
+    num, d = float(torch.dist(measured, ref, 1)), buf.denominator()
     if not (math.isfinite(num) and math.isfinite(d)):
         return math.nan
     return num / d if d > 0 else math.inf
@@ -85,7 +85,7 @@ class MiddleCall:
             reference, ratio = _global_ratio(self.measured, reference, group)
         elif folded is not None:
             self.measured, self.measured_sum = folded
-            ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key].den)
+            ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key])
                      if reference is not None else None)
         elif key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
             self.measured, ratio = fused_residual_diff(x, x0, reference)

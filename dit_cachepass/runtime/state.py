@@ -39,6 +39,10 @@ class Buffer:
     # with the next diff, so the computed step itself has no host sync
     den: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
+    def denominator(self) -> float:
+        """sum|reference| + poison as a host float (a folded step's; non-finite when the step was)."""
+        return float(self.den[0]) + float(self.den[1])
+
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
@@ -102,8 +106,8 @@ class LoopState:
     def decide(self, key: Optional[int], reference: Optional[torch.Tensor],
                ratio: Union[None, torch.Tensor, Callable[[], float]]) -> Decision:
         """``ratio``: the 0-d relative L1 diff against ``reference`` (or a function computing
-        it); read (one host sync) only when the rule chain gets that far. ``key`` is None for DBCache's middle, the
-        block id for a DBPrune block."""
+        it); read (one host sync) only when the rule chain gets that far. ``key`` is None for
+        DBCache's middle, the block id for a DBPrune block."""
         if self.never_cache is not None:
             return Decision(False, "unsafe-middle")
         continuous, threshold = self.continuous, None
@@ -114,8 +118,9 @@ class LoopState:
             continuous -= 1 if rec is not None and rec.cached else 0
             threshold = lambda: self.config.prune_threshold(rec.diffs if rec is not None else [])  # noqa: E731
         n_cached = len(self.cached_steps) if self.config.max_cached_steps >= 0 else 0  # O(steps): only when capped
+        read = ratio if callable(ratio) else lambda: float(ratio)
         d = self.policy.decide(self.step, n_cached, continuous, self.accumulated,
-                               reference is not None, lambda: self._shared_diff() or (ratio() if callable(ratio) else float(ratio)), threshold)
+                               reference is not None, lambda: self._shared_diff() or read(), threshold)
         if reference is None and key in self.buffers and d.reason == "no-reference":
             d = Decision(False, "shape-change")
         elif d.reason == "non-finite-diff" and self._poisoned(key):
@@ -126,7 +131,7 @@ class LoopState:
         """Did the step that stored this buffer produce non-finite values? Then drop it, as
         ``store`` does for unfolded steps (one sync, only after a non-finite diff)."""
         buf = self.buffers.get(key)
-        if buf is None or buf.den is None or math.isfinite(float(buf.den[0]) + float(buf.den[1])):
+        if buf is None or buf.den is None or math.isfinite(buf.denominator()):
             return False
         self.buffers.pop(key)
         self._warn_non_finite()
