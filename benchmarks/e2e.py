@@ -274,13 +274,45 @@ def run_once(v: Variant, inp, steps: int) -> float:
     return dt
 
 
+class _OutOfTime(Exception):
+    """Raised by the SIGTERM handler (``timeout``) so the rounds measured so far are still reported."""
+
+
+def _on_sigterm(signum, frame):
+    raise _OutOfTime()
+
+
 def measure(args) -> list[Variant]:
+    """Warm every variant up (compiles included), then time interleaved rounds. With
+    ``--time-budget S`` (or on SIGTERM, as ``timeout`` sends) it stops early but always reports
+    the variants that finished warming up and the rounds that completed: a GPU lease is short,
+    and a partial table beats none."""
+    import signal
+
     from rich.console import Console
 
     console = Console(stderr=True)
     inp = build_inputs(args)
     variants: list[Variant] = []
+    start = time.perf_counter()
+    budget = args.time_budget or float("inf")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _warm_and_time(args, inp, variants, console, start, budget)
+    except _OutOfTime:
+        console.print("[red]SIGTERM: reporting what was measured so far[/red]")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for v in variants:  # a round cut short leaves some variants one time behind: keep only full rounds
+        del v.times[min(len(w.times) for w in variants):]
+    return [v for v in variants if v.times]
+
+
+def _warm_and_time(args, inp, variants: list[Variant], console, start: float, budget: float) -> None:
     for key in args.variants:
+        if time.perf_counter() - start > 0.6 * budget:
+            console.print(f"[red]{key}: skipped, 60% of --time-budget {budget:.0f} s spent on warmups[/red]")
+            continue
         t0 = time.perf_counter()
         g0, b0 = _graphs(), _breaks()
         try:
@@ -296,13 +328,17 @@ def measure(args) -> list[Variant]:
                       f"{v.breaks_warmup} graph break(s), cached {v.cached_steps}[/dim]")
         variants.append(v)
     for r in range(args.repeats):  # round-robin: variant order rotates every round
+        t_round = time.perf_counter()
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
             g0 = _graphs()
             v.times.append(run_once(v, inp, args.steps))
             v.graphs_timed += _graphs() - g0
         console.print(f"[dim]round {r + 1}/{args.repeats} done[/dim]")
-    return variants
+        now = time.perf_counter()
+        if r + 1 < args.repeats and now + (now - t_round) - start > budget:
+            console.print(f"[red]stopping after {r + 1} round(s): --time-budget {budget:.0f} s[/red]")
+            break
 
 
 @dataclass
@@ -321,6 +357,7 @@ class Row:
     breaks: str
     err: Optional[float]
     note: str
+    setup_s: float = 0.0
 
 
 def rows_of(variants: list[Variant], steps: int) -> list[Row]:
@@ -344,7 +381,7 @@ def rows_of(variants: list[Variant], steps: int) -> list[Row]:
             f"{n_cached}/{steps}", ideal, overhead,
             f"{v.graphs_warmup} / {v.graphs_timed}" if compiled or v.key == "dcp_eager" else "-",
             str(v.breaks_warmup) if compiled or v.key == "dcp_eager" else "-",
-            _rel(v.out, ref) if ref is not None else None, v.note))
+            _rel(v.out, ref) if ref is not None else None, v.note, v.setup_s))
     return rows
 
 
@@ -354,20 +391,22 @@ def _x(v: Optional[float], fmt: str = "{:.2f}x") -> str:
 
 HEADERS = ["variant", "wall / gen (median)", "vs no-cache eager", "vs no-cache compiled", "cached steps",
            "ideal speedup", "overhead ratio", "graphs warmup / recompiles timed", "graph breaks",
-           "rel. L1 err vs no cache"]
+           "rel. L1 err vs no cache", "warmup s (compile incl.)"]
 
 
 def cells(r: Row) -> list[str]:
     return [r.label, f"{r.wall:.3f} s", _x(r.vs_eager), _x(r.vs_compiled), r.cached, _x(r.ideal),
-            _x(r.overhead, "{:.2f}"), r.graphs, r.breaks, "0" if r.key == "eager" else _x(r.err, "{:.4f}")]
+            _x(r.overhead, "{:.2f}"), r.graphs, r.breaks, "0" if r.key == "eager" else _x(r.err, "{:.4f}"),
+            f"{r.setup_s:.1f}"]
 
 
 def print_table(rows: list[Row], variants: list[Variant], args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"e2e: FLUX-shaped model (random weights), {args.steps} Euler steps, "
-                    f"{torch.get_num_threads()} CPU threads, median of {args.repeats} interleaved rounds")
+    t = Table(title=f"e2e: FLUX-shaped model (random weights, {_model_words(args)}), {args.steps} Euler steps, "
+                    f"{args.machine}, {torch.get_num_threads()} CPU threads, median of "
+                    f"{min(len(v.times) for v in variants)} interleaved rounds")
     for h in HEADERS:
         t.add_column(h, justify="left" if h == "variant" else "right")
     for r in rows:
@@ -379,15 +418,21 @@ def print_table(rows: list[Row], variants: list[Variant], args) -> None:
                       + (f"  ({v.note})" if v.note else ""))
 
 
+def _model_words(args) -> str:
+    if getattr(args, "model", "demo") == "gpu":
+        return "4 double + 8 single blocks, 12 heads x 128, 1024 image + 256 text tokens"
+    return "dit_cachepass.demo's model: 4 double + 8 single blocks, 256 image + 32 text tokens"
+
+
 def markdown(rows: list[Row], variants: list[Variant], args, command: str) -> str:
     cfg = (f"F{args.Fn}B{args.Bn} R{args.threshold:.2f} W{args.warmup} MC{args.max_continuous}")
     lines = [
         "", f"## End to end against peers ({args.date}, {args.machine})",
         f"Command: `{command}`.",
-        f"Model and inputs of `dit_cachepass.demo` (FLUX-shaped `FluxTransformer2DModel`, 4 double + 8 single "
-        f"blocks, random weights, 256 image + 32 text tokens), {args.steps} flow-matching Euler steps, same "
+        f"FLUX-shaped `FluxTransformer2DModel` ({_model_words(args)}, random weights), "
+        f"{args.steps} flow-matching Euler steps, same "
         f"weights / inputs / seeds for every variant. Warmup ({args.warmup_gens} generations per variant, "
-        f"compiles included) first, then {args.repeats} rounds with the variants interleaved round-robin; "
+        f"compiles included) first, then {min(len(v.times) for v in variants)} rounds with the variants interleaved round-robin; "
         f"median wall time per generation. Cache config for cache-dit and dit_cachepass: DBCache {cfg}; "
         f"diffusers FirstBlockCache: threshold {args.threshold:.2f}; diffusers TaylorSeer: "
         f"cache_interval={args.ts_interval}, disable_cache_before_step={args.warmup}, order 1, fp32 factors. "
@@ -432,7 +477,7 @@ def plot(rows: list[Row], path: str, args) -> None:
     ax.set_xticks(list(xs), [textwrap.fill(r.label, 16) for r in rows], fontsize=7.5)
     ax.set_ylabel("wall time per generation (s), median; bars: min-max")
     ax.set_ylim(0, max(r.wmax for r in rows) * 1.25)
-    ax.set_title(f"FLUX-shaped model, {args.steps} steps, CPU ({torch.get_num_threads()} threads): "
+    ax.set_title(f"FLUX-shaped model, {args.steps} steps, {args.machine}: "
                  "labels = speedup vs no-cache eager, cached steps (blue eager, orange compiled)", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -465,6 +510,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="torch.set_num_threads; 1 by default: on a shared CPU, multi-threaded eager ops stall "
                         "at every OpenMP barrier when another job holds a core (10-30x slowdowns seen), 0 = "
                         "torch's default")
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="stop warming up new variants after 60%% of S seconds and stop the rounds before S; "
+                        "the table covers what finished")
     p.add_argument("--date", default=datetime.date.today().isoformat())
     p.add_argument("--machine", default=None, help="machine label (default: the GPU's name or 'CPU', and torch)")
     args = p.parse_args(argv)
@@ -481,6 +529,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     load0 = os.getloadavg()[0]
     variants = measure(args)
+    if not variants:
+        sys.exit("e2e: no variant finished its warmup")
     args.load = (load0, os.getloadavg()[0])
     rows = rows_of(variants, args.steps)
     print_table(rows, variants, args)
