@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the day a GPU is lent (one H100/H200-class GPU; the steps' time limits add up
-# to 490 s, so it ends in about 8 minutes whatever happens):
+# to 470 s, so it ends in about 8 minutes whatever happens):
 #   1. AOT check of every Triton kernel for the GPU's own arch (registers, spills, vector loads),
 #      on the CPU while the GPU-only tests (5.) run
 #   2. kernel microbenchmark: GB/s, fraction of peak, vs eager and torch.compile of the references
@@ -63,8 +63,8 @@ record aot "$AOT_RC" "$AOT_S" "${AOT[@]}"
 run kernels 60 $PY benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps "$PEAK"
 run overhead 70 $PY benchmarks/overhead.py --device cuda --rounds 30 --calls 10 \
   --variants plain,computed,unfolded,cached,cachedit --results "$RESULTS"
-run e2e 270 $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \
+run e2e 250 $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \
   --variants eager,compiled,dcp_inductor,cachedit,cachedit_compiled,diffusers_fbc,compiled_regional,dcp_regional,dcp_reduce_overhead \
-  --threads 0 --time-budget 250 --out "$PLOT" --results "$RESULTS"
+  --threads 0 --time-budget 230 --out "$PLOT" --results "$RESULTS"
 echo "gpu.sh: done in $((SECONDS - T0)) s, rc $status; tables appended to $RESULTS" >&2
 exit $status
