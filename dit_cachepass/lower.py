@@ -67,14 +67,18 @@ class CompileOptions:
         return bool(self._patches.get("triton.cudagraphs", False))
 
 
-_CUDAGRAPHS_UNVERIFIED = ("CUDA graphs (mode='reduce-overhead' / 'max-autotune' or triton.cudagraphs) with "
-                          "dit_cachepass have not been verified on a GPU yet: cached residuals are kept outside "
-                          "the graph pool, but please compare outputs against mode='default' once")
-
-
-def warn_if_unverified(opts: "CompileOptions") -> None:
-    if opts.cudagraphs:
-        warnings.warn(f"dit_cachepass: {_CUDAGRAPHS_UNVERIFIED}", stacklevel=3)
+def warn_if_unverified(opts: "CompileOptions", cache_type: str, calibrated: bool) -> None:
+    """CUDA graphs were verified on a GPU (an H200, 2026-11-30: tests/test_gpu.py and
+    benchmarks/RESULTS.md) for DBCache/FBCache without a calibrator: a replay overwrites the
+    pool, and the cached residuals live outside it. DBPrune and the calibrators keep other tensors
+    (block inputs, Taylor factors), copied the same way but not yet run on a GPU."""
+    if not opts.cudagraphs or (cache_type != "DBPrune" and not calibrated):
+        return
+    what = "DBPrune" if cache_type == "DBPrune" else "a calibrator (TaylorSeer / FoCa)"
+    warnings.warn(f"dit_cachepass: CUDA graphs (mode='reduce-overhead' / 'max-autotune' or triton.cudagraphs) "
+                  f"with {what} have not been verified on a GPU yet (DBCache without a calibrator has been): "
+                  "what the cache keeps is copied out of the graph pool, but please compare outputs against "
+                  "mode='default' once", stacklevel=4)
 
 
 def check_backend(backend: str) -> str:

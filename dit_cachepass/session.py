@@ -97,7 +97,7 @@ class Session:
         if self.compile_options.inductor_patches() and backend != "inductor":
             warnings.warn(f"dit_cachepass: mode/options are Inductor settings; backend={backend!r} ignores them",
                           stacklevel=3)
-        warn_if_unverified(self.compile_options)
+        warn_if_unverified(self.compile_options, self.config.cache_type, calibrator_config is not None)
         self.strict = strict
         self.list_lengths = list_lengths
         self.states: dict[tuple[str, Branch], LoopState] = {}
