@@ -4,7 +4,8 @@
 #   1. AOT check of every Triton kernel for the GPU's own arch (registers, spills, vector loads),
 #      on the CPU while the GPU-only tests (5.) run
 #   2. kernel microbenchmark: GB/s, fraction of peak, vs eager and torch.compile of the references
-#   3. runner overhead per forward on the GPU (tiny FLUX: host work dominates)
+#   3. runner overhead per forward on the GPU (tiny FLUX: host work dominates), and per variant
+#      the kernel launches and host ops per forward (torch.profiler)
 #   4. end-to-end: FLUX-shaped bf16 model (4+8 blocks, 12 heads x 128, 1024+256 tokens): no cache
 #      eager / compiled / regional, cache-dit eager and compiled, diffusers FirstBlockCache,
 #      dit_cachepass full / regional / reduce-overhead (CUDA graphs)
@@ -82,7 +83,7 @@ if want aot; then
 fi
 run kernels 60 $PY benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps "$PEAK"
 run overhead 120 $PY benchmarks/overhead.py --device cuda --rounds 30 --calls 10 \
-  --variants "$OVERHEAD_VARIANTS" --results "$RESULTS"
+  --variants "$OVERHEAD_VARIANTS" --profile --results "$RESULTS"
 run e2e $((E2E_BUDGET + 20)) $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \
   --variants "$E2E_VARIANTS" --threshold "$E2E_THRESHOLD" --threads 0 --time-budget "$E2E_BUDGET" --out "$PLOT" --results "$RESULTS"
 echo "gpu.sh: done in $((SECONDS - T0)) s, rc $status; tables appended to $RESULTS" >&2
