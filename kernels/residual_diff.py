@@ -96,11 +96,15 @@ def _ratio_finalize_kernel(
     idx = tl.arange(0, BLOCK)
     num_acc = tl.zeros([BLOCK], dtype=tl.float32)
     den_acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, num_partials, BLOCK):
+    # a while loop, not range(0, num_partials, BLOCK): Triton 3.6's interpreter cannot take a
+    # runtime int as a range bound under numpy >= 2.5 (compiled code is the same loop)
+    start = 0
+    while start < num_partials:
         cur = start + idx
         m = cur < num_partials
         num_acc += tl.load(partial_ptr + cur, mask=m, other=0.0)
         den_acc += tl.load(partial_ptr + num_partials + cur, mask=m, other=0.0)
+        start += BLOCK
     num = tl.sum(num_acc, axis=0)
     den = tl.sum(den_acc, axis=0)
     inf = float("inf")
