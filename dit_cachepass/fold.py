@@ -1,8 +1,12 @@
 """Fold: move the cache's per-step tensor work into the pieces' own graphs.
 
 A computed DBCache step needs the Fn residual ``x_F - x_0`` and its L1 sum (the decision's
-reference and denominator) and, per stream, the middle's residual ``out - in`` with a check that
-all are finite (a NaN kept would poison later steps). Done eagerly, that is ~25 small ops and
+reference and denominator), the numerator ``sum|x_F - x_0 - ref|`` of its diff, and, per stream,
+the middle's residual ``out - in`` with a check that all are finite (a NaN kept would poison later
+steps). The numerator needs the reference before the Fn piece runs, when the call's branch is not
+known yet (that needs the timestep, read after Fn so that a GPU sync overlaps its work): the
+runner passes the reference it expects and the middle uses the numerator only if that guess was
+the state's reference (same tensor), else it computes the diff as before. Done eagerly, that is ~25 small ops and
 a host sync after the middle; folded into the Fn and middle graphs, Inductor fuses each into the
 kernel that produces its operand, and the finiteness travels as a 0-d ``0 * sum`` (NaN when
 anything is non-finite) that the next decision reads anyway, so a computed step syncs once.
@@ -14,7 +18,7 @@ shapes differ is left as it is; the runtime then takes the eager path.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
@@ -42,6 +46,30 @@ def _abs_sum(g: fx.Graph, x: fx.Node, like: fx.Node) -> fx.Node:
     wide = like.meta["example_value"].dtype == torch.float64
     return g.call_function(torch.sum, (g.call_function(torch.abs, (x,)),),
                            {"dtype": torch.float64 if wide else torch.float32})
+
+
+def _ref_layout(fn: Piece, slot: int, node: fx.Node) -> Any:
+    """How the runner learns the reference's layout before the Fn piece runs: the slot of the
+    loop input when it comes into the piece, else the (static) shape the graph was traced with.
+    None when neither is known (symbolic shapes of a tensor made inside the piece)."""
+    if slot in fn.inputs:
+        return slot
+    v = node.meta.get("example_value")
+    if isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape):
+        return (tuple(v.shape), v.dtype, v.device)
+    return None
+
+
+def _append_input(prog: SplitProgram, piece: Piece, g: fx.Graph, like: fx.Node, name: str) -> tuple[fx.Node, int]:
+    """A new placeholder after the piece's last one, fed from a new environment slot."""
+    last = [n for n in g.nodes if n.op == "placeholder"][-1]
+    with g.inserting_after(last):
+        node = g.placeholder(name)
+    node.meta.update({k: v for k, v in like.meta.items() if k in ("example_value", "val", "tensor_meta")})
+    slot = prog.n_slots
+    prog.n_slots += 1
+    piece.inputs.append(slot)
+    return node, slot
 
 
 def _append_outputs(prog: SplitProgram, piece: Piece, g: fx.Graph, nodes: list[fx.Node]) -> list[int]:
@@ -73,10 +101,17 @@ def fold(prog: SplitProgram) -> SplitProgram:
                 or any(i is None or o is None or not _same_shape(i, o) for i, o in pairs)):
             continue
         g = fn.gm.graph
+        like = _ref_layout(fn, spec.hidden_in0, x_0)
+        ref = None
+        if like is not None:
+            ref, spec.ref_input = _append_input(prog, fn, g, x_f, "dit_cachepass_reference")
+            spec.ref_like = like
         with g.inserting_before(g.output_node()):
             measured = g.call_function(torch.sub, (x_f, x_0))
             total = _abs_sum(g, measured, x_f)
-        spec.measured, spec.measured_sum = _append_outputs(prog, fn, g, [measured, total])
+            extra = [_abs_sum(g, g.call_function(torch.sub, (measured, ref)), x_f)] if ref is not None else []
+        spec.measured, spec.measured_sum, *num = _append_outputs(prog, fn, g, [measured, total, *extra])
+        spec.measured_num = num[0] if num else None
         g = mid.gm.graph
         with g.inserting_before(g.output_node()):
             residuals = [g.call_function(torch.sub, (o, i)) for i, o in pairs]

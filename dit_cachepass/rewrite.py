@@ -65,6 +65,9 @@ class MiddleSpec:
     measured_sum: Optional[int] = None  # Fn piece output: sum|x_F - x_0| (fp32), the next diff's denominator
     residuals: list[int] = field(default_factory=list)  # middle outputs: out - in per residual pair
     residual_poison: Optional[int] = None  # middle output: 0, or NaN when any residual is not finite
+    ref_input: Optional[int] = None  # Fn piece input: the reference the runner expects this step to use
+    ref_like: Any = None  # the reference's layout: the slot of a tensor shaped like it, or (shape, dtype, device)
+    measured_num: Optional[int] = None  # Fn piece output: sum|measured - ref_input| (fp32), the diff's numerator
 
 
 @dataclass

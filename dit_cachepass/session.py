@@ -101,6 +101,9 @@ class Session:
         self.strict = strict
         self.list_lengths = list_lengths
         self.states: dict[tuple[str, Branch], LoopState] = {}
+        # per loop: the keys of the states its last two DBCache decisions used (expected_reference)
+        self._recent: dict[str, tuple[Optional[tuple[str, Branch]], tuple[str, Branch]]] = {}
+        self._zeros: dict[tuple, torch.Tensor] = {}
         self.graphs: list[GraphReport] = []
         self.paths: Any = None  # paths.ModulePaths: graph path, capture-flag retry, block path
         self.notes: list[str] = []  # how the path was chosen (for explain / summary)
@@ -198,6 +201,30 @@ class Session:
         st = self.states[key]
         self._touch(key, st)
         return st
+
+    def note_state(self, name: str, branch: Branch) -> None:
+        self._recent[name] = (self._recent[name][1] if name in self._recent else None, (name, branch))
+
+    def expected_reference(self, name: str, like: Any) -> torch.Tensor:
+        """The reference loop ``name``'s next DBCache decision is expected to compare against, fed
+        to its Fn piece before the call's branch is known (``fold``): the state used two decisions
+        ago when the last two alternated (CFG), else the last one's. The middle checks that it was
+        the right tensor before it uses what the Fn piece computed with it. Without a usable
+        guess: zeros of ``like``'s layout (the numerator is then not used). ``like``: a tensor of
+        the reference's layout or its (shape, dtype, device)."""
+        shape, dtype, device = (like.shape, like.dtype, like.device) if isinstance(like, torch.Tensor) else like
+        prev, last = self._recent.get(name, (None, None))
+        st = self.states.get(prev if prev is not None and prev != last else last) if last is not None else None
+        buf = st.buffers.get(None) if st is not None else None
+        ref = buf.reference if buf is not None else None
+        if (ref is not None and ref.shape == shape and ref.dtype == dtype and ref.device == device
+                and ref.is_contiguous()):
+            return ref
+        key = (tuple(shape), dtype, device)
+        zeros = self._zeros.get(key)
+        if zeros is None:
+            zeros = self._zeros[key] = torch.zeros(shape, dtype=dtype, device=device)
+        return zeros
 
     def _touch(self, key: tuple[str, Branch], st: LoopState) -> None:
         """Before a call first changes a loop state: keep its snapshot for ``abort_call``."""

@@ -6,6 +6,7 @@ import torch
 
 import dit_cachepass as dcp
 import dit_cachepass.backend as backend
+from dit_cachepass.session import Session
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
@@ -63,4 +64,49 @@ def test_a_non_finite_folded_step_is_dropped_when_the_next_diff_reads_it(monkeyp
     assert reasons == [r.reason for r in dcp.summary(ref_m).loops[0].steps]
     assert all(torch.isfinite(o).all() for o in outs[3:])
     for x, y in zip(outs[3:], ref_outs[3:]):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+def _generation(cfg_branches: int):
+    torch.manual_seed(0)
+    m = dcp.compile(ToyDiT().eval(), dcp.DBCacheConfig(**CFG), backend="eager")
+    outs = []
+    with torch.no_grad():
+        for s in range(8):
+            for br in range(cfg_branches):
+                x = toy_inputs(s)
+                if br:  # the uncond branch sees other conditioning
+                    x["hidden_states"] = x["hidden_states"] * 0.5 + 0.3
+                outs.append(m(**x))
+    return m, outs
+
+
+@pytest.mark.parametrize("cfg_branches", [1, 2])
+def test_the_fn_piece_computes_the_diff_numerator(monkeypatch, cfg_branches):
+    """The runner feeds the Fn piece the reference it expects (alternating under CFG), so no
+    decision needs a separate diff op: torch.dist, the fallback, is never called."""
+    calls = []
+    dist = torch.dist
+    monkeypatch.setattr(torch, "dist", lambda *a, **k: calls.append(1) or dist(*a, **k))
+    m, _ = _generation(cfg_branches)
+    loops = dcp.summary(m).loops
+    assert len(loops) == cfg_branches
+    assert all(sum(r.diff is not None for r in lp.steps) >= 5 for lp in loops)
+    assert not calls
+
+
+def test_a_wrong_expected_reference_only_costs_the_fallback(monkeypatch):
+    """The numerator is used only when the fed tensor is the state's reference: a wrong guess
+    (here: always zeros) changes no decision, diff or output."""
+    m, outs = _generation(2)
+    monkeypatch.setattr(Session, "expected_reference", lambda self, name, like: torch.zeros(
+        like.shape if isinstance(like, torch.Tensor) else like[0]))
+    ref_m, ref_outs = _generation(2)
+    for la, lb in zip(dcp.summary(m).loops, dcp.summary(ref_m).loops):
+        assert [(r.cached, r.reason) for r in la.steps] == [(r.cached, r.reason) for r in lb.steps]
+        for ra, rb in zip(la.steps, lb.steps):
+            assert (ra.diff is None) == (rb.diff is None)
+            assert ra.diff is None or ra.diff == pytest.approx(rb.diff, rel=1e-5)
+    assert any(r.cached for lp in dcp.summary(m).loops for r in lp.steps)
+    for x, y in zip(outs, ref_outs):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)

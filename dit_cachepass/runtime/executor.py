@@ -93,6 +93,12 @@ class Runner:
                     f"middle output(s) {', '.join(piece.spec.unpaired)} are not block-to-block streams, so no "
                     "residual can rebuild them; reusing them would apply a stale tensor")
                 session.warn(f"loop {loop_names[piece.loop]} always computes: {self.never_cache[piece.loop]}")
+        # Fn pieces that take the reference their loop's state is expected to hold (``fold``):
+        # per piece, None or (input slot, loop name, the reference's layout: a slot or a layout)
+        mids = {pc.loop: pc.spec for pc in prog.pieces
+                if pc.kind == "middle" and pc.spec is not None and pc.spec.ref_input is not None}
+        self.feeds = [(mids[pc.loop].ref_input, loop_names[pc.loop], mids[pc.loop].ref_like)
+                      if pc.kind == "Fn" and pc.loop in mids else None for pc in prog.pieces]
         self.timestep_slot = next((i for i, n in enumerate(prog.arg_names) if _TIMESTEP.match(n)), None)
         self._output = _output_builder(prog.output)
         # torch.compile(backend="dit_cache"): maps the call's arguments to the module's session
@@ -112,7 +118,10 @@ class Runner:
         session = self.session if self.resolve is None else self.resolve(args)
         session.begin_call(args[self.timestep_slot] if self.timestep_slot is not None else None)
         try:
-            for piece, fn, gather in zip(prog.pieces, self.fns, self.gather):
+            for piece, fn, gather, feed in zip(prog.pieces, self.fns, self.gather, self.feeds):
+                if feed is not None:
+                    like = feed[2]
+                    env[feed[0]] = session.expected_reference(feed[1], env[like] if isinstance(like, int) else like)
                 if piece.kind == "middle":
                     session.place()  # the call's branch and step, first needed here (after Fn)
                     if session.unsure is None:
@@ -167,7 +176,10 @@ class Runner:
         call = MiddleCall(session or self.session, lp.name, lp.config, lp.calibrator_config, key,
                           self.never_cache.get(piece.loop), spec.hidden_pair, env[spec.hidden_inF],
                           env[spec.hidden_in0], [env[i] for i, _ in spec.residual_pairs],
-                          (env[spec.measured], env[spec.measured_sum]) if folded else None)
+                          (env[spec.measured], env[spec.measured_sum],
+                           env[spec.ref_input] if spec.ref_input is not None else None,
+                           env[spec.measured_num] if spec.measured_num is not None else None)
+                          if folded else None)
         if not call.cache:
             self._run(piece, fn, gather, env)
             return call.computed([env[o] for o in outs], [env[o] for o in spec.value_outputs],

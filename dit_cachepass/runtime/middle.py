@@ -38,20 +38,29 @@ def _global_ratio(cur: torch.Tensor, ref: Optional[torch.Tensor], group: Any
     return ref, ratio.float()
 
 
-def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, buf: "Buffer") -> float:
+def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, buf: "Buffer",
+                 fed: Optional[torch.Tensor] = None, num_t: Optional[torch.Tensor] = None) -> float:
     """sum|measured - ref| / sum|ref| as a float. A folded computed step stored sum|ref| and a
     poison (0, or NaN when its residuals were not finite) in ``buf.den``, read here as host floats:
     the diff is NaN and the step computes when anything was not finite. Called only when the rule
-    chain reads the diff. On a GPU one Triton launch reads both tensors; on CPU one op and three
-    host reads replace the ~10 ops of the reference implementation (same policy: +inf when
-    sum|ref| is 0, NaN when anything is not finite)."""
+    chain reads the diff. The numerator comes from the Fn piece when the reference fed to it
+    (``fed``) is this state's (``num_t``); else one Triton launch on a GPU, one op on CPU (same
+    policy as the reference implementation: +inf when sum|ref| is 0, NaN when anything is not
+    finite)."""
     if buf.den is None:  # stored by an unfolded call (another graph of the same loop)
         return float(rel_l1_diff(measured, ref))
-    if measured.is_cuda and backend_for(measured) == "triton":
+    if fed is ref and num_t is not None:
+        if num_t.is_cuda:  # one device-to-host copy (one sync) instead of three
+            num, d, poison = torch.stack((num_t, *buf.den)).tolist()
+            d += poison
+        else:
+            num, d = float(num_t), buf.denominator()
+    elif measured.is_cuda and backend_for(measured) == "triton":
         return float(rel_l1_diff(measured, ref)) + float(buf.den[1])
-    if measured.dtype in (torch.float16, torch.bfloat16):  # subtract and sum in fp32, as the kernel does
-        measured, ref = measured.float(), ref.float()
-    num, d = float(torch.dist(measured, ref, 1)), buf.denominator()
+    else:
+        if measured.dtype in (torch.float16, torch.bfloat16):  # subtract and sum in fp32, as the kernel does
+            measured, ref = measured.float(), ref.float()
+        num, d = float(torch.dist(measured, ref, 1)), buf.denominator()
     if not (math.isfinite(num) and math.isfinite(d)):
         return math.nan
     return num / d if d > 0 else math.inf
@@ -60,15 +69,18 @@ def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, buf: "Buffer") -> fl
 class MiddleCall:
     """``key`` is None for DBCache's whole middle (decided on the Fn residual ``x - x0``) and
     the block id for a DBPrune block (decided on its input ``x``). ``ins`` are the streams
-    entering the middle; ``hidden`` the index of the hidden stream among them. ``folded``: the Fn
-    residual and its fp32 L1 sum, when the Fn piece computed them (``fold``)."""
+    entering the middle; ``hidden`` the index of the hidden stream among them. ``folded``: when
+    the Fn piece computed them (``fold``), the Fn residual, its fp32 L1 sum, the reference the
+    Fn piece was given and sum|residual - that reference|."""
 
     def __init__(self, session: "Session", name: str, config: DBCacheConfig,
                  calibrator_config: Optional[CalibratorConfig], key: Optional[int], never_cache: Optional[str],
                  hidden: Optional[int], x: torch.Tensor, x0: Optional[torch.Tensor], ins: list[torch.Tensor],
-                 folded: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+                 folded: Optional[tuple[torch.Tensor, ...]] = None):
         session.place()  # (the call's branch and step)
         self.state = state = session.state(name, session.branch, config, calibrator_config)
+        if folded is not None:
+            session.note_state(name, session.branch)
         state.step = session.step
         state.never_cache = never_cache
         self.key, self.ins = key, ins
@@ -84,8 +96,8 @@ class MiddleCall:
             self.measured = folded[0] if folded is not None else x - x0 if key is None else x
             reference, ratio = _global_ratio(self.measured, reference, group)
         elif folded is not None:
-            self.measured, self.measured_sum = folded
-            ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key])
+            self.measured, self.measured_sum, fed, num = folded
+            ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key], fed, num)
                      if reference is not None else None)
         elif key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
             self.measured, ratio = fused_residual_diff(x, x0, reference)
