@@ -297,21 +297,34 @@ def measure(args) -> list[Variant]:
     start = time.perf_counter()
     budget = args.time_budget or float("inf")
     signal.signal(signal.SIGTERM, _on_sigterm)
+    repeats = args.repeats
     try:
-        _warm_and_time(args, inp, variants, console, start, budget)
+        _warm_up(args, inp, variants, console, start, budget)
+    except _OutOfTime:  # the variants warmed up so far still get one round
+        console.print("[red]SIGTERM during the warmups: one round of the variants ready[/red]")
+        repeats = 1
+    try:
+        _time_rounds(args.steps, repeats, inp, variants, console, start, budget)
     except _OutOfTime:
-        console.print("[red]SIGTERM: reporting what was measured so far[/red]")
+        console.print("[red]SIGTERM: reporting the rounds completed[/red]")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    for v in variants:  # a round cut short leaves some variants one time behind: keep only full rounds
-        del v.times[min(len(w.times) for w in variants):]
-    return [v for v in variants if v.times]
+    # a round cut short leaves some variants one time behind: keep the full rounds (or, when the
+    # first round was cut short, the variants it reached)
+    done = [v for v in variants if v.times]
+    n = min((len(v.times) for v in done), default=0)
+    for v in done:
+        del v.times[n:]
+    return done
 
 
-def _warm_and_time(args, inp, variants: list[Variant], console, start: float, budget: float) -> None:
+def _warm_up(args, inp, variants: list[Variant], console, start: float, budget: float) -> None:
+    """A variant is skipped when the longest warmup so far would not end within 90 % of the
+    budget (the rest is for the timed rounds, a few generations per variant)."""
+    longest = 0.0
     for key in args.variants:
-        if time.perf_counter() - start > 0.6 * budget:
-            console.print(f"[red]{key}: skipped, 60% of --time-budget {budget:.0f} s spent on warmups[/red]")
+        if time.perf_counter() - start + longest > 0.9 * budget:
+            console.print(f"[red]{key}: skipped, its warmup would not fit in --time-budget {budget:.0f} s[/red]")
             continue
         t0 = time.perf_counter()
         g0, b0 = _graphs(), _breaks()
@@ -324,19 +337,24 @@ def _warm_and_time(args, inp, variants: list[Variant], console, start: float, bu
             continue
         v.graphs_warmup, v.breaks_warmup = _graphs() - g0, _breaks() - b0
         v.setup_s = time.perf_counter() - t0
+        longest = max(longest, v.setup_s)
         console.print(f"[dim]warmup {key}: {v.setup_s:.1f} s, {v.graphs_warmup} graph(s), "
                       f"{v.breaks_warmup} graph break(s), cached {v.cached_steps}[/dim]")
         variants.append(v)
-    for r in range(args.repeats):  # round-robin: variant order rotates every round
+
+
+def _time_rounds(steps: int, repeats: int, inp, variants: list[Variant], console, start: float,
+                 budget: float) -> None:
+    for r in range(repeats):  # round-robin: variant order rotates every round
         t_round = time.perf_counter()
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
             g0 = _graphs()
-            v.times.append(run_once(v, inp, args.steps))
+            v.times.append(run_once(v, inp, steps))
             v.graphs_timed += _graphs() - g0
-        console.print(f"[dim]round {r + 1}/{args.repeats} done[/dim]")
+        console.print(f"[dim]round {r + 1}/{repeats} done[/dim]")
         now = time.perf_counter()
-        if r + 1 < args.repeats and now + (now - t_round) - start > budget:
+        if r + 1 < repeats and now + (now - t_round) - start > budget:
             console.print(f"[red]stopping after {r + 1} round(s): --time-budget {budget:.0f} s[/red]")
             break
 
@@ -511,8 +529,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         "at every OpenMP barrier when another job holds a core (10-30x slowdowns seen), 0 = "
                         "torch's default")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
-                   help="stop warming up new variants after 60%% of S seconds and stop the rounds before S; "
-                        "the table covers what finished")
+                   help="skip a variant whose warmup (estimated by the longest so far) would end after 90%% of "
+                        "S seconds, and stop the rounds before S; the table covers what finished")
     p.add_argument("--date", default=datetime.date.today().isoformat())
     p.add_argument("--machine", default=None, help="machine label (default: the GPU's name or 'CPU', and torch)")
     args = p.parse_args(argv)
