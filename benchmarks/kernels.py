@@ -5,7 +5,10 @@ under torch.compile), reported as effective bandwidth (bytes the op must move / 
     python benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps 3350
     python benchmarks/kernels.py --kernels apply_residuals taylor_update
 
-Columns: ``triton`` (the kernel launcher called directly), ``public op`` (the public
+Columns: ``triton`` (the kernel launcher called directly), ``triton, graph`` (the same
+calls replayed from a CUDA graph: device time without launch cost, the number to hold against
+the bandwidth roofline; the first GPU run showed the per-call timing is launch-bound at these
+sizes), ``public op`` (the public
 function, i.e. the ``torch.ops.dit_cachepass`` custom op with its run-time backend
 dispatch: the difference to ``triton`` is the op's Python/dispatcher overhead), the torch
 reference eager and under ``torch.compile``, and the Triton speedup against both. Every
@@ -154,6 +157,40 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
     return statistics.median(times)
 
 
+def time_graph(fn: Callable[[], object], device: torch.device, iters: int, reps: int = 10) -> float | None:
+    """Median seconds per call of ``reps`` calls captured in one CUDA graph: device time only.
+    ``time_fn`` times one call between two events, so when launching (Python, allocations,
+    Triton's launcher) takes longer than the kernel, it measures the launch; this does not.
+    None when the call cannot be captured."""
+    if device.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / reps)
+        return statistics.median(times)
+    except Exception as err:  # a capture failure is reported as a missing cell, not a crash
+        print(f"graph capture failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+
+
 def fmt_cell(seconds: float | None, nbytes: int, peak: float | None) -> str:
     if seconds is None:
         return "-"
@@ -222,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     headers = ["kernel", "size", "MB moved"]
     if run_triton:
-        headers.append("triton")
+        headers += ["triton", "triton, graph"]
     headers.append("public op")
     headers.append("reference eager")
     if not args.no_compile:
@@ -239,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         ops = build_ops(kind, shape, enc_tokens[kind], dtype, device, args.kernels, not args.no_compile)
         for op in ops:
             t_tri = time_fn(op.triton, device, warmup, iters) if run_triton else None
+            t_graph = time_graph(op.triton, device, iters) if run_triton else None
             t_pub = time_fn(op.public, device, warmup, iters)
             t_ref = time_fn(op.reference, device, warmup, iters)
             t_cmp = None if args.no_compile else time_fn(op.compiled, device, warmup, iters)
             row = [op.name, f"{kind} {'x'.join(map(str, shape))}", f"{op.bytes_moved / 1e6:,.1f}"]
             if run_triton:
-                row.append(fmt_cell(t_tri, op.bytes_moved, peak))
+                row += [fmt_cell(t_tri, op.bytes_moved, peak), fmt_cell(t_graph, op.bytes_moved, peak)]
             row.append(fmt_cell(t_pub, op.bytes_moved, peak))
             row.append(fmt_cell(t_ref, op.bytes_moved, peak))
             if not args.no_compile:
