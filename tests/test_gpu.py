@@ -29,10 +29,10 @@ CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5
 STEPS = 8
 
 
-def _generation(**compile_kw):
+def _generation(config=dcp.DBCacheConfig, **compile_kw):
     entry = zoo.get("flux")
     m = entry.build().to(DEVICE)
-    m = dcp.compile(m, dcp.DBCacheConfig(**CFG), **compile_kw)
+    m = dcp.compile(m, config(**CFG), **compile_kw)
     outs = []
     with torch.no_grad():
         for s in range(STEPS):
@@ -43,10 +43,13 @@ def _generation(**compile_kw):
     return outs, dcp.summary(m).cached_steps
 
 
-def test_triton_kernels_decide_like_the_references(monkeypatch):
-    triton_outs, triton_cached = _generation()
+# DBCache's decisions read a numerator computed inside the Fn piece (fold), so its Triton use is
+# the residual apply of cached steps; DBPrune's per-block decisions run the Triton diff kernel
+@pytest.mark.parametrize("config", [dcp.DBCacheConfig, dcp.DBPruneConfig], ids=["dbcache", "dbprune"])
+def test_triton_kernels_decide_like_the_references(monkeypatch, config):
+    triton_outs, triton_cached = _generation(config)
     monkeypatch.setenv("DIT_CACHEPASS_KERNELS", "reference")
-    ref_outs, ref_cached = _generation()
+    ref_outs, ref_cached = _generation(config)
     assert triton_cached and triton_cached == ref_cached
     for a, b in zip(triton_outs, ref_outs):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
