@@ -17,6 +17,13 @@
 #   bash benchmarks/gpu.sh            # from the repository root, with the test extra installed
 #   RESULTS=/tmp/r.md LOG=/tmp/logs PY=python3 bash benchmarks/gpu.sh
 #   ONLY="gpu_tests e2e" E2E_VARIANTS=compiled,dcp_inductor bash benchmarks/gpu.sh   # a subset
+#
+# On an offline GPU machine that has torch and Triton but not diffusers / cache-dit (how the
+# first run was done): download the wheels elsewhere into .whl/ (diffusers==0.42.1,
+# cache-dit==1.5.3, importlib_metadata==8.7.0), then
+#   python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   python3 -m pip install --no-index --no-deps --no-build-isolation -e .
+#   PY=python3 bash benchmarks/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$(command -v python || command -v python3)}
