@@ -474,7 +474,9 @@ def markdown(rows: list[Row], variants: list[Variant], args, command: str) -> st
         "Graphs: dynamo graphs compiled during warmup / new graphs during the timed rounds "
         "(`counters['stats']['unique_graphs']` deltas; 0 recompiles = none after warmup); graph breaks: "
         "`counters['graph_break']` delta during warmup. Error: relative L1 of the final latents against "
-        "no-cache eager.",
+        "no-cache eager. Warmup s includes compiles, but variants in one process share dynamo's cache "
+        "(per code object: a block compiled by one variant is reused by the next), so it is not a "
+        "compile time; `benchmarks/compile_time.py` measures those in fresh processes.",
     ]
     return "\n".join(lines) + "\n"
 
