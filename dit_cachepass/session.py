@@ -103,7 +103,7 @@ class Session:
         self.states: dict[tuple[str, Branch], LoopState] = {}
         # per loop: the keys of the states its last two DBCache decisions used (expected_reference)
         self._recent: dict[str, tuple[Optional[tuple[str, Branch]], tuple[str, Branch]]] = {}
-        self._zeros: dict[tuple, torch.Tensor] = {}
+        self._zeros: Optional[torch.Tensor] = None  # the last layout's only: many resolutions keep one
         self.graphs: list[GraphReport] = []
         self.paths: Any = None  # paths.ModulePaths: graph path, capture-flag retry, block path
         self.notes: list[str] = []  # how the path was chosen (for explain / summary)
@@ -220,10 +220,9 @@ class Session:
         if (ref is not None and ref.shape == shape and ref.dtype == dtype and ref.device == device
                 and ref.is_contiguous()):
             return ref
-        key = (tuple(shape), dtype, device)
-        zeros = self._zeros.get(key)
-        if zeros is None:
-            zeros = self._zeros[key] = torch.zeros(shape, dtype=dtype, device=device)
+        zeros = self._zeros
+        if zeros is None or zeros.shape != shape or zeros.dtype != dtype or zeros.device != device:
+            zeros = self._zeros = torch.zeros(shape, dtype=dtype, device=device)
         return zeros
 
     def _touch(self, key: tuple[str, Branch], st: LoopState) -> None:

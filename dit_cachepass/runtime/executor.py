@@ -177,9 +177,8 @@ class Runner:
                           self.never_cache.get(piece.loop), spec.hidden_pair, env[spec.hidden_inF],
                           env[spec.hidden_in0], [env[i] for i, _ in spec.residual_pairs],
                           (env[spec.measured], env[spec.measured_sum],
-                           env[spec.ref_input] if spec.ref_input is not None else None,
-                           env[spec.measured_num] if spec.measured_num is not None else None)
-                          if folded else None)
+                           *((env[spec.ref_input], env[spec.measured_num]) if spec.ref_input is not None
+                             else (None, None))) if folded else None)
         if not call.cache:
             self._run(piece, fn, gather, env)
             return call.computed([env[o] for o in outs], [env[o] for o in spec.value_outputs],
