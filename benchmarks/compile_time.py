@@ -7,7 +7,10 @@ Every variant runs in a fresh Python process with an empty Inductor cache
   compiled            torch.compile(model), no cache
   regional            model.compile_repeated_blocks() (diffusers), no cache
   dcp_full            dit_cachepass, lowering="full" (each piece of the captured graph compiled)
-  dcp_regional        dit_cachepass, lowering="regional" (each block class compiled once)
+  dcp_regional        dit_cachepass, lowering="regional" (graph path: one compiled graph per block
+                      structure, called by every block that has it; long glue runs compiled)
+  dcp_block           dit_cachepass, lowering="regional", path="block" (each block's forward
+                      torch.compile'd, glue eager: the block path, the fallback of the above)
 
 compile time = first generation - median steady generation (same inputs, same steps). Steady
 times of variants in different processes are not interleaved; the ratios there are indicative,
@@ -29,9 +32,10 @@ import time
 
 from _results import report  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-VARIANTS = ["compiled", "regional", "dcp_full", "dcp_regional"]
+VARIANTS = ["compiled", "regional", "dcp_full", "dcp_regional", "dcp_block"]
 LABELS = {"compiled": "torch.compile (full), no cache", "regional": "diffusers compile_repeated_blocks, no cache",
-          "dcp_full": "dit_cachepass lowering=full", "dcp_regional": "dit_cachepass lowering=regional"}
+          "dcp_full": "dit_cachepass lowering=full", "dcp_regional": "dit_cachepass lowering=regional",
+          "dcp_block": "dit_cachepass lowering=regional, path=block"}
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.55, max_warmup_steps=2,
            max_continuous_cached_steps=3)
 
@@ -53,6 +57,8 @@ def child(variant: str, steps: int, gens: int) -> dict:
         m = torch.compile(m)
     elif variant == "regional":
         m.compile_repeated_blocks()
+    elif variant == "dcp_block":
+        m = dcp.compile(m, dcp.DBCacheConfig(**CFG), lowering="regional", path="block")
     else:
         m = dcp.compile(m, dcp.DBCacheConfig(**CFG), lowering=variant.split("_")[1])
     times, out = [], None

@@ -49,7 +49,8 @@ from dit_cachepass.demo import build_flux, denoise, make_inputs  # noqa: E402
 
 N_BLOCKS = 12  # 4 double + 8 single blocks in demo.build_flux()
 ALL_VARIANTS = ["eager", "compiled", "compiled_regional", "cachedit", "cachedit_compiled", "diffusers_fbc",
-                "diffusers_taylorseer", "dcp_eager", "dcp_inductor", "dcp_regional", "dcp_reduce_overhead"]
+                "diffusers_taylorseer", "dcp_eager", "dcp_inductor", "dcp_regional", "dcp_regional_block",
+                "dcp_reduce_overhead"]
 DEFAULT_VARIANTS = ["eager", "compiled", "cachedit", "cachedit_compiled", "diffusers_fbc",
                     "diffusers_taylorseer", "dcp_eager", "dcp_inductor"]
 LABELS = {
@@ -63,10 +64,11 @@ LABELS = {
     "dcp_inductor": "dit_cachepass, backend=inductor",
     "compiled_regional": "no cache, diffusers compile_repeated_blocks",
     "dcp_regional": "dit_cachepass, inductor, lowering=regional",
+    "dcp_regional_block": "dit_cachepass, inductor, lowering=regional, path=block",
     "dcp_reduce_overhead": "dit_cachepass, inductor, mode=reduce-overhead",
 }
 COMPILED = {"compiled", "compiled_regional", "cachedit_compiled", "dcp_inductor", "dcp_regional",
-            "dcp_reduce_overhead"}
+            "dcp_regional_block", "dcp_reduce_overhead"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -237,6 +239,7 @@ def make_variant(key: str, args) -> Variant:
         cfg = dcp.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=R,
                                 max_warmup_steps=W, max_continuous_cached_steps=MC)
         kw = {"dcp_eager": dict(backend="eager"), "dcp_inductor": {}, "dcp_regional": dict(lowering="regional"),
+              "dcp_regional_block": dict(lowering="regional", path="block"),
               "dcp_reduce_overhead": dict(mode="reduce-overhead")}[key]
         m = dcp.compile(build_model(args), cfg, **kw)
 

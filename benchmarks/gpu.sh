@@ -42,7 +42,7 @@ case "$GPU" in
   *) PEAK=${PEAK_GBPS:-0} ;;
 esac
 ONLY=${ONLY:-"gpu_tests gpu_ops aot kernels overhead e2e"}
-E2E_VARIANTS=${E2E_VARIANTS:-eager,compiled,dcp_inductor,dcp_reduce_overhead,cachedit,cachedit_compiled,diffusers_fbc,compiled_regional,dcp_regional}
+E2E_VARIANTS=${E2E_VARIANTS:-eager,compiled,dcp_inductor,dcp_reduce_overhead,cachedit,cachedit_compiled,diffusers_fbc,compiled_regional,dcp_regional,dcp_regional_block}
 # Random weights change a lot between steps (rel. Fn-residual diffs 0.54-0.61 on this model, measured in fp32 on a CPU): R0.5 caches
 # nothing, so the default threshold lets DBCache cache what W and MC allow (the error column is not
 # a quality measure on random weights)

@@ -9,6 +9,7 @@ that bounds a fast GPU. Variants (all backend="inductor"):
   cached       dit_cachepass, every step after the first cached (threshold 1e9, no limits)
   cachedit     cache-dit 1.5.3 DBCache (same F/B, every step computed) + torch.compile
   regional     dit_cachepass, lowering="regional", every step computed (only with --regional)
+  regional_block  the same on the block path (path="block": each block torch.compile'd)
   unfolded     "computed" with the cache's tensor work done eagerly (as before ``fold``; on request)
 
 Every variant runs --calls forwards per round; variants are interleaved round-robin for
@@ -79,11 +80,12 @@ def make(key: str) -> Callable:
     m = build()
     if key == "plain":
         return torch.compile(m, backend="inductor")
-    if key in ("computed", "cached", "regional", "unfolded"):
+    if key in ("computed", "cached", "regional", "regional_block", "unfolded"):
         thr = 1e9 if key == "cached" else 1e-9
         cfg = dcp.DBCacheConfig(Fn_compute_blocks=F, Bn_compute_blocks=B, residual_diff_threshold=thr,
                                 max_warmup_steps=0)
-        kw = {"lowering": "regional"} if key == "regional" else {}
+        kw = {"regional": {"lowering": "regional"}, "regional_block": {"lowering": "regional", "path": "block"}
+              }.get(key, {})
         return dcp.compile(m, cfg, backend="inductor", **kw)
     if key == "cachedit":
         import cache_dit
@@ -141,7 +143,8 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=10, help="forwards per variant per round (default: 10)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, no OpenMP barrier stalls)")
     p.add_argument("--variants", default="plain,computed,cached,cachedit",
-                   help="comma-separated (default: plain,computed,cached,cachedit; also: regional, unfolded)")
+                   help="comma-separated (default: plain,computed,cached,cachedit; also: regional, regional_block, "
+                        "unfolded)")
     p.add_argument("--regional", action="store_true", help="add the regional-lowering variant")
     p.add_argument("--device", default="cpu", help="cpu or cuda (host overhead bounds a fast GPU)")
     p.add_argument("--profile", action="store_true",

@@ -81,17 +81,11 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     ``fullgraph=True`` raises on a graph break instead of splitting the forward (see
     ``lower.CompileOptions``).
     ``lowering``: "full" (default: each Fn / middle / Bn piece of the captured graph compiled
-    whole, glue fused with it) or "regional" (each distinct block class compiled once and shared
-    by every block of the class, glue eager, as diffusers' ``compile_repeated_blocks``: the
-    block path). Regional compiles in a fraction of the time; see benchmarks/RESULTS.md.
+    whole, glue fused with it) or "regional" (each distinct block structure compiled once and
+    shared by every block that has it, as diffusers' ``compile_repeated_blocks``; on the graph
+    path long glue runs are compiled too, on the block path glue runs eager). Regional compiles
+    in a fraction of the time; see benchmarks/RESULTS.md.
     """
-    if lowering not in ("full", "regional"):
-        raise ValueError(f"lowering={lowering!r} is invalid: expected 'full' or 'regional'.")
-    if lowering == "regional":
-        if path == "graph":
-            raise ValueError("lowering='regional' compiles block by block (the block path): it cannot be "
-                             "combined with path='graph'; drop path= or use lowering='full'.")
-        path = "block"
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
     if hasattr(module, _ATTR):
@@ -100,7 +94,7 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
                       calibrator_config=calibrator_config, params_modifiers=params_modifiers,
                       process_group=decision_group(module, process_group),
                       compile_options=CompileOptions(mode=mode, options=dict(options or {}), dynamic=dynamic,
-                                                     fullgraph=fullgraph))
+                                                     fullgraph=fullgraph, lowering=lowering))
     session.previous_forward = module.__dict__.get("forward")
     module.forward = CachedForward(module, session, path, start=True)
     _observe_cache_context(module, session)

@@ -24,7 +24,7 @@ from .rewrite import split
 from .runtime.executor import Runner
 from .session import GraphReport, Session, UnsupportedModelError
 
-_OPTION_KEYS = {"cache_config", "calibrator_config", "backend", "strict"}
+_OPTION_KEYS = {"cache_config", "calibrator_config", "backend", "strict", "lowering"}
 # parameter / buffer tensor -> the session of the module that owns it (torch.compile's backend).
 # Weak keys, compared by identity: a session (and every cached tensor) dies with its module.
 _SESSIONS: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
@@ -91,7 +91,8 @@ def session_for_options(options: Optional[dict], mode: Optional[str] = None) -> 
                          "or torch._inductor.config settings (e.g. 'max_autotune')")
     return Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
                    strict=options.get("strict", False), calibrator_config=options.get("calibrator_config"),
-                   compile_options=CompileOptions(mode=mode, options=inductor))
+                   compile_options=CompileOptions(mode=mode, options=inductor,
+                                                  lowering=options.get("lowering", "full")))
 
 
 _PARAM = re.compile(r"^l_(self|fn_args_0)_.*_(parameters|buffers)_")

@@ -84,7 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("entry", nargs="*", help="zoo entry names (default: all)")
     c.add_argument("--write", metavar="PATH", help="also write the markdown table to PATH (e.g. docs/coverage.md)")
     c.add_argument("--lowering", choices=["full", "regional"], default="full",
-                   help="full: the graph path where it works (default); regional: every class on the block path")
+                   help="full: the graph path where it works (default); regional: every class on the block path "
+                        "(path='block': the eager backend compiles nothing, so the graph path's regional "
+                        "lowering would check the same as full)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_coverage)
 

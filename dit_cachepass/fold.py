@@ -18,7 +18,8 @@ shapes differ is left as it is; the runtime then takes the eager path.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.fx as fx
@@ -58,6 +59,18 @@ def _ref_layout(fn: Piece, slot: int, node: fx.Node) -> Any:
     if isinstance(v, torch.Tensor) and all(isinstance(d, int) for d in v.shape):
         return (tuple(v.shape), v.dtype, v.device)
     return None
+
+
+@contextlib.contextmanager
+def _inserting_at_end(g: fx.Graph) -> Iterator[None]:
+    """New ops before the output, tagged ``dcp_fold``: they have no fake value, but they are
+    all tensor ops (so ``outline`` may compile them with their neighbours)."""
+    before = set(g.nodes)
+    with g.inserting_before(g.output_node()):
+        yield
+    for node in g.nodes:
+        if node not in before:
+            node.meta["dcp_fold"] = True
 
 
 def _append_input(prog: SplitProgram, piece: Piece, g: fx.Graph, like: fx.Node, name: str) -> tuple[fx.Node, int]:
@@ -106,14 +119,14 @@ def fold(prog: SplitProgram) -> SplitProgram:
         if like is not None:
             ref, spec.ref_input = _append_input(prog, fn, g, x_f, "dit_cachepass_reference")
             spec.ref_like = like
-        with g.inserting_before(g.output_node()):
+        with _inserting_at_end(g):
             measured = g.call_function(torch.sub, (x_f, x_0))
             total = _abs_sum(g, measured, x_f)
             extra = [_abs_sum(g, g.call_function(torch.sub, (measured, ref)), x_f)] if ref is not None else []
         spec.measured, spec.measured_sum, *num = _append_outputs(prog, fn, g, [measured, total, *extra])
         spec.measured_num = num[0] if num else None
         g = mid.gm.graph
-        with g.inserting_before(g.output_node()):
+        with _inserting_at_end(g):
             residuals = [g.call_function(torch.sub, (o, i)) for i, o in pairs]
             total = _abs_sum(g, residuals[0], ins[0])
             for r, i in zip(residuals[1:], ins[1:]):

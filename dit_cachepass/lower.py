@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
 
+if TYPE_CHECKING:
+    from .outline import RegionCache
+
 BACKENDS = ("inductor", "aot_eager", "eager")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LOWERINGS = ("full", "regional")
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,15 @@ class CompileOptions:
     options=)`` would for the whole model; ``options`` wins over ``mode`` where both set a key.
     ``dynamic``: None (static first, automatic dynamic from a module's second input shape),
     True (symbolic sizes from the start), False (static always: one recompile per shape).
-    ``fullgraph=True``: a graph break raises instead of splitting the forward."""
+    ``fullgraph=True``: a graph break raises instead of splitting the forward.
+    ``lowering``: "full" (each piece compiled whole) or "regional" (each piece as calls to one
+    compiled graph per block structure, see ``outline``)."""
 
     mode: Optional[str] = None
     options: Mapping[str, Any] = field(default_factory=dict)
     dynamic: Optional[bool] = None
     fullgraph: bool = False
+    lowering: str = "full"
     _patches: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +60,8 @@ class CompileOptions:
             raise TypeError(f"dynamic={self.dynamic!r} is invalid: expected None, True or False")
         if not isinstance(self.fullgraph, bool):
             raise TypeError(f"fullgraph={self.fullgraph!r} is invalid: expected a bool")
+        if self.lowering not in LOWERINGS:
+            raise ValueError(f"lowering={self.lowering!r} is invalid: expected 'full' or 'regional'.")
         # derived once: ``cudagraphs`` is read by every middle call
         patches = dict(torch._inductor.list_mode_options(self.mode, self.dynamic)) if self.mode else {}
         patches.update(self.options)
@@ -69,16 +78,25 @@ class CompileOptions:
 
 def warn_if_unverified(opts: "CompileOptions", cache_type: str, calibrated: bool) -> None:
     """CUDA graphs were verified on a GPU (an H200, 2026-11-30: tests/test_gpu.py and
-    benchmarks/RESULTS.md) for DBCache/FBCache without a calibrator: a replay overwrites the
-    pool, and the cached residuals live outside it. DBPrune and the calibrators keep other tensors
-    (block inputs, Taylor factors), copied the same way but not yet run on a GPU."""
-    if not opts.cudagraphs or (cache_type != "DBPrune" and not calibrated):
+    benchmarks/RESULTS.md) for DBCache/FBCache without a calibrator under full lowering: a
+    replay overwrites the pool, and the cached residuals live outside it. DBPrune and the
+    calibrators keep other tensors (block inputs, Taylor factors), copied the same way, and
+    regional lowering replays one graph per block; none of these has run on a GPU yet."""
+    if not opts.cudagraphs:
         return
-    what = "DBPrune" if cache_type == "DBPrune" else "a calibrator (TaylorSeer / FoCa)"
+    what = []
+    if cache_type == "DBPrune":
+        what.append("DBPrune")
+    elif calibrated:
+        what.append("a calibrator (TaylorSeer / FoCa)")
+    if opts.lowering == "regional":
+        what.append("lowering='regional'")
+    if not what:
+        return
     warnings.warn(f"dit_cachepass: CUDA graphs (mode='reduce-overhead' / 'max-autotune' or triton.cudagraphs) "
-                  f"with {what} have not been verified on a GPU yet (DBCache without a calibrator has been): "
-                  "what the cache keeps is copied out of the graph pool, but please compare outputs against "
-                  "mode='default' once", stacklevel=4)
+                  f"with {' and '.join(what)} have not been verified on a GPU yet (DBCache without a calibrator, "
+                  "lowering='full', has been): what the cache keeps is copied out of the graph pool, but please "
+                  "compare outputs against mode='default' once", stacklevel=4)
 
 
 def check_backend(backend: str) -> str:
@@ -184,7 +202,8 @@ def has_symbolic_inputs(gm: fx.GraphModule) -> bool:
 
 def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool,
                   on_fail: Optional[Callable[[Exception], None]] = None,
-                  watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None) -> Callable:
+                  watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None,
+                  regions: Optional["RegionCache"] = None) -> Callable:
     """Every piece is compiled lazily, once per input shape-and-stride signature, with the real
     tensors of its first call at that signature (``LazyCompiled``), also the pieces of a graph
     captured with dynamic shapes (``symbolic``): their fake metadata belongs to the parent
@@ -192,8 +211,32 @@ def compile_piece(gm: fx.GraphModule, backend: str, symbolic: bool,
     as plain ints, part of the signature. (A nested ``torch.compile`` is not used: called from
     inside the parent's compiled graph it never compiled, and it would have its own recompile
     limit.) ``watch``: the argument positions whose layout may change between calls (None: all).
+    ``regions``: regional lowering, the compiled block graphs shared by every piece of a runner.
     """
-    return LazyCompiled(gm, backend, on_fail, watch, opts)
+    return LazyCompiled(gm, backend, on_fail, watch, opts, regions)
+
+
+def region_cache(backend: str, opts: Optional[CompileOptions],
+                 on_fail: Optional[Callable[[Exception], None]] = None) -> Optional["RegionCache"]:
+    """The shared compiled regions of one runner under ``lowering="regional"``, else None."""
+    if backend == "eager" or opts is None or opts.lowering != "regional":
+        return None
+    from .outline import RegionCache
+
+    return RegionCache(lambda gm, args: _compile_or_eager(gm, args, backend, opts, on_fail))
+
+
+def _compile_or_eager(gm: fx.GraphModule, args: Sequence[Any], backend: str, opts: Optional[CompileOptions],
+                      on_fail: Optional[Callable[[Exception], None]], scalars: Sequence[int] = ()) -> Callable:
+    """A backend that cannot compile a graph leaves it uncompiled (eager), with a warning through
+    ``on_fail`` (which raises in strict mode); the cache still works."""
+    try:
+        return compile_graph(_specialize_scalars(_without_fake_meta(gm), scalars, args), args, backend, opts)
+    except Exception as err:  # noqa: BLE001
+        if on_fail is None:
+            raise
+        on_fail(err)
+        return gm.forward
 
 
 class LazyCompiled:
@@ -203,11 +246,12 @@ class LazyCompiled:
     the signature (activations between pieces, symbolic graph inputs); with none to watch, the
     piece compiles once and a call is one Python call."""
 
-    __slots__ = ("gm", "backend", "fns", "last_sig", "last_fn", "on_fail", "watch", "opts", "scalars")
+    __slots__ = ("gm", "backend", "fns", "last_sig", "last_fn", "on_fail", "watch", "opts", "scalars", "regions")
 
     def __init__(self, gm: fx.GraphModule, backend: str, on_fail: Optional[Callable[[Exception], None]] = None,
-                 watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None):
-        self.gm, self.backend, self.on_fail, self.opts = gm, backend, on_fail, opts
+                 watch: Optional[Sequence[int]] = None, opts: Optional[CompileOptions] = None,
+                 regions: Optional["RegionCache"] = None):
+        self.gm, self.backend, self.on_fail, self.opts, self.regions = gm, backend, on_fail, opts, regions
         n = sum(1 for node in gm.graph.nodes if node.op == "placeholder")
         self.watch = tuple(range(n)) if watch is None else tuple(watch)
         self.scalars = _item_only_inputs(gm)
@@ -229,13 +273,10 @@ class LazyCompiled:
         return self.last_fn(*args)
 
     def _compile(self, args: Sequence[Any]) -> Callable:
-        """A backend that cannot compile a piece leaves that piece uncompiled (eager), with a
-        warning through ``on_fail`` (which raises in strict mode); the cache still works."""
-        try:
-            return compile_graph(_specialize_scalars(_without_fake_meta(self.gm), self.scalars, args), args,
-                                 self.backend, self.opts)
-        except Exception as err:  # noqa: BLE001
-            if self.on_fail is None:
-                raise
-            self.on_fail(err)
-            return self.gm.forward
+        if self.regions is not None and not self.scalars:
+            from .outline import outline
+
+            outer = outline(self.gm, self.regions)
+            if outer is not None:  # regions compile on their first call, i.e. now
+                return outer.forward
+        return _compile_or_eager(self.gm, args, self.backend, self.opts, self.on_fail, self.scalars)

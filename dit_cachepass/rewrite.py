@@ -114,6 +114,9 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
     # the runtime reads each loop's hidden stream at loop entry (the Fn residual's base), even
     # when no other piece uses it
     keep = {lp.loop.threads[lp.loop.hidden].inputs[0] for lp in cplan.loops}
+    # each op of a block remembers its (loop, block): regional lowering compiles blocks, not pieces
+    block_of = {node: (k, i) for k, lp in enumerate(cplan.loops)
+                for i, block in enumerate(lp.loop.blocks) for node in block.nodes}
     by_seg: dict[Seg, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node in seg:
@@ -135,6 +138,8 @@ def split(cap: CapturedGraph, cplan: CachePlan) -> SplitProgram:
         for node in members:
             state.to(cap.regions.of(node))
             env[node] = g.node_copy(node, lambda a: env[a] if a in env else state.local(a))
+            if node in block_of:
+                env[node].meta["dcp_block"] = block_of[node]
         state.close()
         exported = [n for n in members if n in keep or any(u not in inside for u in n.users)]
         g.output(tuple(env[n] for n in exported))

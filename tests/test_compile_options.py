@@ -46,6 +46,8 @@ def _run(m, steps=3):
 def test_options_are_validated():
     with pytest.raises(ValueError, match="mode='fast' is invalid"):
         CompileOptions(mode="fast")
+    with pytest.raises(ValueError, match="lowering=.blocks. is invalid"):
+        CompileOptions(lowering="blocks")
     with pytest.raises(ValueError, match="did you mean 'max_autotune'"):
         CompileOptions(options={"max_autotun": True})
     with pytest.raises(TypeError, match="dynamic='yes' is invalid"):
@@ -145,3 +147,8 @@ def test_cudagraphs_warn_only_where_unverified(recwarn, calibrated):
     Session(dcp.DBCacheConfig(), calibrator_config=cal)  # no CUDA graphs: never a warning
     msgs = [str(w.message) for w in recwarn if "not been verified" in str(w.message)]
     assert len(msgs) == calibrated and all("calibrator" in m for m in msgs)
+    recwarn.clear()
+    Session(dcp.DBCacheConfig(), calibrator_config=cal,
+            compile_options=CompileOptions(mode="reduce-overhead", lowering="regional"))
+    msgs = [str(w.message) for w in recwarn if "not been verified" in str(w.message)]
+    assert len(msgs) == 1 and "lowering='regional'" in msgs[0] and ("TaylorSeer" in msgs[0]) == calibrated

@@ -15,7 +15,8 @@ from toy_models import ToyDiT, toy_inputs
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
 
 KNOBS = {
-    "regional": dict(lowering="regional", backend="aot_eager"),
+    "regional": dict(lowering="regional", backend="aot_eager", path="block"),
+    "regional_graph": dict(lowering="regional", backend="aot_eager"),
     "dynamic": dict(dynamic=True, backend="aot_eager"),
     "backend_dynamic": None,  # torch.compile(backend="dit_cache", dynamic=True)
 }

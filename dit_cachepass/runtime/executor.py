@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..flops import flop_counter
-from ..lower import compile_piece
+from ..lower import compile_piece, region_cache
 from ..rewrite import Slot, SplitProgram
 from .middle import MiddleCall
 
@@ -76,8 +76,11 @@ class Runner:
         self._strong: Optional["Session"] = session  # dropped by ``weaken``
         # per piece, the input positions whose layout can change between calls: activations made
         # by other pieces (a cached step's rebuilt streams), never the ``guarded`` graph arguments
+        # lowering="regional": the compiled block graphs every piece of this runner shares
+        self.regions = region_cache(backend, session.compile_options, self._lower_failed)
         self.fns = [compile_piece(p.gm, backend, symbolic, self._lower_failed,
-                                  [k for k, j in enumerate(p.inputs) if j not in guarded], session.compile_options)
+                                  [k for k, j in enumerate(p.inputs) if j not in guarded], session.compile_options,
+                                  self.regions)
                     for p in prog.pieces]
         # precomputed argument gathering: one C call per piece instead of a list over ~1000 parameters
         self.gather = [_gatherer(p.inputs) for p in prog.pieces]

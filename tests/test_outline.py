@@ -1,0 +1,214 @@
+"""Regional lowering on the graph path (``outline``): blocks of one structure share one compiled
+graph, the piece computes what the whole piece computes, and a piece that cannot be cut safely
+compiles whole. (ToyDiT inputs vary slowly, so threshold 0.5 caches.)"""
+
+import torch
+import torch.fx as fx
+
+import dit_cachepass as dcp
+from dit_cachepass import lower
+from dit_cachepass import outline as outline_mod
+from dit_cachepass.outline import MIN_GLUE_OPS, RegionCache, outline, structure_key
+from toy_models import ToyDiT, toy_inputs
+
+CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
+
+
+def _captured(fn, *args) -> fx.GraphModule:
+    """``fn``'s graph as dynamo captures it (fake values in ``meta``, weights as inputs)."""
+    box = []
+
+    def backend(gm, example_inputs):
+        box.append(gm)
+        return gm.forward
+
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return box[-1]
+
+
+def _tag(gm: fx.GraphModule, spans: list) -> list[fx.Node]:
+    """Tag the graph's ops by position: ``spans`` lists (count, tag); tag None is glue."""
+    ops = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    assert len(ops) == sum(k for k, _ in spans), [n.format_node() for n in ops]
+    i = 0
+    for k, tag in spans:
+        for n in ops[i:i + k]:
+            if tag is not None:
+                n.meta["dcp_block"] = tag
+        i += k
+    return ops
+
+
+def _counting_cache():
+    compiled = []
+
+    def compile_fn(gm, args):
+        compiled.append(gm)
+        return gm.forward
+    return RegionCache(compile_fn), compiled
+
+
+def two_blocks(x, w1, w2):
+    h = torch.relu(x) * 2 + 1 - x  # glue: 4 ops (compiled when MIN_GLUE_OPS <= 4)
+    h = h + torch.tanh(h @ w1)  # block 0: 3 ops
+    return h + torch.tanh(h @ w2)  # block 1: same ops, other weights
+
+
+def _args():
+    torch.manual_seed(0)
+    return torch.randn(4, 8), torch.randn(8, 8), torch.randn(8, 8)
+
+
+def test_blocks_of_one_structure_share_one_compiled_graph(monkeypatch):
+    monkeypatch.setattr(outline_mod, "MIN_GLUE_OPS", 4)  # the 4-op glue run is compiled too
+    args = _args()
+    gm = _captured(two_blocks, *args)
+    _tag(gm, [(4, None), (3, (0, 0)), (3, (0, 1))])
+    cache, compiled = _counting_cache()
+    outer = outline(gm, cache)
+    assert outer is not None
+    sites = [n for n in outer.graph.nodes if n.op == "call_function" and n.target.__name__.startswith(("block", "glue"))]
+    names = [s.target.__name__ for s in sites]
+    assert names[0].startswith("glue_") and names[1:] == ["block_0_0", "block_0_1"]
+    torch.testing.assert_close(outer(*args)[0], two_blocks(*args))
+    # glue and one block graph compiled: the second block reuses the first one's
+    assert len(compiled) == 2 and len(cache.fns) == 2
+    assert sites[1].target.slot[0] is sites[2].target.slot[0]
+    # a second call compiles nothing
+    outer(*args)
+    assert len(compiled) == 2
+
+
+def test_short_glue_runs_inline_and_other_layouts_compile_apart():
+    def f(x, w, y):  # (arguments in the order the graph first reads them: its placeholders)
+        a = torch.tanh(x @ w) + x  # block 0 on a contiguous input
+        return torch.tanh(y @ w) + y + a  # block 1 on a transposed one, then one glue op
+
+    torch.manual_seed(0)
+    x, w = torch.randn(8, 8), torch.randn(8, 8)
+    y = torch.randn(8, 8).t()
+    gm = _captured(f, x, w, y)
+    _tag(gm, [(3, (0, 0)), (3, (0, 1)), (1, None)])
+    cache, compiled = _counting_cache()
+    outer = outline(gm, cache)
+    assert 1 < MIN_GLUE_OPS and not any(n.target.__name__.startswith("glue") for n in outer.graph.nodes
+                                        if n.op == "call_function")
+    torch.testing.assert_close(outer(x, w, y)[0], f(x, w, y))
+    assert len(compiled) == 2  # same structure, other strides: Inductor would assert them
+
+
+def test_structure_key_sees_constants_not_names():
+    gm = _captured(lambda x, w1, w2: (torch.tanh(x @ w1) * 0.5, torch.tanh(x @ w2) * 0.5, torch.tanh(x @ w2) * 0.25),
+                   *_args())
+    ops = _tag(gm, [(3, (0, 0)), (3, (0, 1)), (3, (0, 2))])
+    keys = []
+    for k in range(3):
+        sub = fx.Graph()
+        env = {}
+        for n in ops[3 * k:3 * k + 3]:
+            env[n] = sub.node_copy(n, lambda a: env.setdefault(a, sub.placeholder(f"p{len(env)}")))
+        sub.output(env[ops[3 * k + 2]])
+        keys.append(structure_key(sub))
+    assert keys[0] == keys[1] and keys[1] != keys[2]
+
+
+def test_pieces_that_cannot_be_cut_compile_whole():
+    args = _args()
+    # a block reads a glue value made after the block's first op
+    def late(x, w1, w2):
+        a = torch.tanh(x @ w1)
+        g = x * 3
+        return a + g
+
+    gm = _captured(late, *args)
+    _tag(gm, [(2, (0, 0)), (1, None), (1, (0, 0))])
+    assert outline(gm, _counting_cache()[0]) is None
+    # a block whose output is not a tensor (as far as the capture knows)
+    gm = _captured(two_blocks, *args)
+    ops = _tag(gm, [(4, None), (3, (0, 0)), (3, (0, 1))])
+    ops[6].meta["example_value"] = 3
+    assert outline(gm, _counting_cache()[0]) is None
+    # an autocast region inside the piece: its markers must stay around the ops they govern
+    def autocast(x, w1, w2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.tanh(x @ w1)
+        return h.float() + x
+
+    gm = _captured(autocast, *args)
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            n.meta["dcp_block"] = (0, 0)
+    assert outline(gm, _counting_cache()[0]) is None
+    # no block at all: nothing to share
+    gm = _captured(two_blocks, *args)
+    assert outline(gm, _counting_cache()[0]) is None
+
+
+def _run(m, steps):
+    with torch.no_grad():
+        return [m(**toy_inputs(s)) for s in range(steps)]
+
+
+def _regions(m, runner=None):
+    """The runner's region cache and every region call site of its outlined pieces."""
+    runner = runner or dcp.api._session(m).runners[-1]
+    outers = [fn.__self__ for f in runner.fns for fn in f.fns.values() if isinstance(getattr(fn, "__self__", None),
+                                                                                     fx.GraphModule)]
+    sites = [n.target for g in outers for n in g.graph.nodes
+             if n.op == "call_function" and getattr(n.target, "slot", None) is not None]
+    return runner.regions, sites
+
+
+def test_regional_lowering_decides_and_computes_like_full(monkeypatch):
+    calls = []
+    real = lower.compile_graph
+    monkeypatch.setattr(lower, "compile_graph", lambda gm, *a, **k: calls.append(gm) or real(gm, *a, **k))
+    torch.manual_seed(0)
+    full = dcp.compile(ToyDiT(n=6).eval(), dcp.DBCacheConfig(**CFG), backend="aot_eager")
+    torch.manual_seed(0)
+    regional = dcp.compile(ToyDiT(n=6).eval(), dcp.DBCacheConfig(**CFG), backend="aot_eager", lowering="regional")
+    want = _run(full, 6)
+    n_full = len(calls)
+    got = _run(regional, 6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert [r.cached for r in dcp.summary(regional).loops[0].steps] == [
+        r.cached for r in dcp.summary(full).loops[0].steps]
+    assert any(r.cached for r in dcp.summary(regional).loops[0].steps)
+    cache, sites = _regions(regional)
+    blocks = [s for s in sites if s.__name__.startswith("block")]
+    assert len(blocks) == 6  # every block is a region ...
+    assert len({id(s.slot[0]) for s in blocks}) <= 2  # ... and at most two graphs serve them
+    assert len(calls) - n_full == len(cache.fns) < len(blocks)
+
+
+def test_regional_lowering_under_inductor():
+    torch.manual_seed(0)
+    ref = ToyDiT(n=4).eval()
+    torch.manual_seed(0)
+    m = dcp.compile(ToyDiT(n=4).eval(), dcp.DBCacheConfig(**CFG), lowering="regional")
+    outs = _run(m, 4)
+    with torch.no_grad():
+        for s, out in enumerate(outs):
+            rec = dcp.summary(m).loops[0].steps[s]
+            if not rec.cached:
+                torch.testing.assert_close(out, ref(**toy_inputs(s)), rtol=1e-4, atol=1e-4)
+    cache, sites = _regions(m)
+    assert len([s for s in sites if s.__name__.startswith("block")]) == 4
+    assert len(cache.fns) < len(sites)
+
+
+def test_torch_compile_backend_lowers_regionally():
+    """``torch.compile(backend="dit_cache", options={"lowering": "regional"})``: the backend
+    sees the whole graph, so it can lower regionally too (the block path could not)."""
+    torch.manual_seed(0)
+    ref = ToyDiT(n=6).eval()
+    torch.manual_seed(0)
+    inner = ToyDiT(n=6).eval()
+    m = torch.compile(inner, backend="dit_cache", options={
+        "cache_config": dcp.DBCacheConfig(**CFG), "backend": "aot_eager", "lowering": "regional"})
+    with torch.no_grad():
+        out = m(**toy_inputs(0))
+        torch.testing.assert_close(out, ref(**toy_inputs(0)), rtol=1e-5, atol=1e-5)
+    cache, sites = _regions(None, dcp.backend.session_of(inner).runners[-1])
+    assert cache is not None and len([s for s in sites if s.__name__.startswith("block")]) == 6
