@@ -17,6 +17,7 @@ times of variants in different processes are not interleaved; the ratios there a
 and ``benchmarks/e2e.py`` / ``overhead.py`` interleave variants in one process.
 
     python benchmarks/compile_time.py [--steps 8] [--gens 3] [--threads 1] [--results]
+    python benchmarks/compile_time.py --model gpu --device cuda --dtype bf16   # gpu.sh's "compile" step
 """
 
 from __future__ import annotations
@@ -40,19 +41,24 @@ CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5
            max_continuous_cached_steps=3)
 
 
-def child(variant: str, steps: int, gens: int) -> dict:
+def child(variant: str, steps: int, gens: int, args: argparse.Namespace) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
     import torch
 
     import dit_cachepass as dcp
-    from dit_cachepass.demo import build_flux, denoise, make_inputs
+    from dit_cachepass.demo import denoise
+    from e2e import build_inputs, build_model  # the same models and inputs as the end-to-end benchmark
 
-    inp = make_inputs()
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    inp = build_inputs(args)
     with torch.no_grad():
-        ref = denoise(build_flux(), inp, steps)
-    m = build_flux()
+        ref = denoise(build_model(args), inp, steps).float()
+    m = build_model(args)
     if variant == "compiled":
         m = torch.compile(m)
     elif variant == "regional":
@@ -63,9 +69,11 @@ def child(variant: str, steps: int, gens: int) -> dict:
         m = dcp.compile(m, dcp.DBCacheConfig(**CFG), lowering=variant.split("_")[1])
     times, out = [], None
     for _ in range(gens):
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = denoise(m, inp, steps)
+            out = denoise(m, inp, steps).float()
+        sync()
         times.append(time.perf_counter() - t0)
     cached = None
     if variant.startswith("dcp"):
@@ -80,12 +88,16 @@ def main(argv=None) -> None:
     p.add_argument("--gens", type=int, default=3, help="generations per variant, the first compiles (default: 3)")
     p.add_argument("--threads", type=int, default=1, help="OMP threads per child (default: 1)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    p.add_argument("--model", choices=["demo", "gpu"], default="demo",
+                   help="demo: demo.build_flux (default); gpu: the same blocks GPU-sized (as e2e.py --model gpu)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
                    help="append the table to RESULTS.md")
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.steps, args.gens)))
+        print("RESULT " + json.dumps(child(args.child, args.steps, args.gens, args)))
         return
     rows = {}
     for v in args.variants.split(","):
@@ -93,7 +105,8 @@ def main(argv=None) -> None:
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, OMP_NUM_THREADS=str(args.threads))
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(args.steps),
-                                "--gens", str(args.gens)], env=env, capture_output=True, text=True)
+                                "--gens", str(args.gens), "--model", args.model, "--device", args.device,
+                                "--dtype", args.dtype], env=env, capture_output=True, text=True)
             line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
                 print(f"{v}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
@@ -101,8 +114,9 @@ def main(argv=None) -> None:
             rows[v] = json.loads(line[7:])
             print(f"{v}: {rows[v]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     base = rows.get("compiled")
-    lines = [f"compile time, FLUX-shaped 4+8 blocks (demo.build_flux), {args.steps} steps, fresh process and "
-             f"empty Inductor cache per variant, {args.threads} thread(s), {os.cpu_count()} CPU(s)", "",
+    model = "demo.build_flux" if args.model == "demo" else "e2e.py --model gpu"
+    lines = [f"compile time, FLUX-shaped 4+8 blocks ({model}, {args.dtype} on {args.device}), {args.steps} steps, "
+             f"fresh process and empty Inductor cache per variant, {args.threads} thread(s), {os.cpu_count()} CPU(s)", "",
              "| variant | compile s (first - steady) | compile vs torch.compile | steady s / gen | "
              "steady vs torch.compile | cached steps | rel. L1 vs eager |", "|---|---:|---:|---:|---:|---:|---:|"]
     for v, r in rows.items():
@@ -111,7 +125,7 @@ def main(argv=None) -> None:
         sr = f"{r['steady'] / base['steady']:.2f}" if base else "-"
         lines.append(f"| {LABELS[v]} | {c:.1f} | {cr} | {r['steady']:.2f} | {sr} | "
                      f"{'-' if r['cached'] is None else r['cached']} | {r['rel_l1']:.4f} |")
-    report("Compile time", "CPU", "\n".join(lines), args.results, argv)
+    report("Compile time", "CPU" if args.device == "cpu" else args.device, "\n".join(lines), args.results, argv)
 
 if __name__ == "__main__":
     main()

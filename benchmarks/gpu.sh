@@ -10,6 +10,9 @@
 #      eager / compiled / regional, cache-dit eager and compiled, diffusers FirstBlockCache,
 #      dit_cachepass full / regional / reduce-overhead (CUDA graphs)
 #   5. the GPU-only tests (Triton decisions = reference decisions; CUDA graphs = default mode)
+#   6. (only with ONLY=compile, ~4-5 minutes: a second call) compile time in fresh processes with
+#      empty Inductor caches: diffusers' compile_repeated_blocks, dit_cachepass regional (graph
+#      path), regional on the block path, and plain torch.compile
 # Every table goes to a dated section of benchmarks/RESULTS.md (RESULTS=path to change it).
 #
 # The e2e step has a --time-budget and reports whatever finished when it runs out.
@@ -93,5 +96,7 @@ run overhead 120 $PY benchmarks/overhead.py --device cuda --rounds 30 --calls 10
   --variants "$OVERHEAD_VARIANTS" --profile --results "$RESULTS"
 run e2e $((E2E_BUDGET + 20)) $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \
   --variants "$E2E_VARIANTS" --threshold "$E2E_THRESHOLD" --threads 0 --time-budget "$E2E_BUDGET" --out "$PLOT" --results "$RESULTS"
+run compile 330 $PY benchmarks/compile_time.py --model gpu --device cuda --dtype bf16 --steps 8 --gens 3 --threads 4 \
+  --variants "${COMPILE_VARIANTS:-regional,dcp_regional,dcp_block,compiled}" --results "$RESULTS"
 echo "gpu.sh: done in $((SECONDS - T0)) s, rc $status; tables appended to $RESULTS" >&2
 exit $status
