@@ -212,3 +212,24 @@ def test_torch_compile_backend_lowers_regionally():
         torch.testing.assert_close(out, ref(**toy_inputs(0)), rtol=1e-5, atol=1e-5)
     cache, sites = _regions(None, dcp.backend.session_of(inner).runners[-1])
     assert cache is not None and len([s for s in sites if s.__name__.startswith("block")]) == 6
+
+
+def test_dbprune_and_dynamic_shapes_under_regional_lowering():
+    """DBPrune's per-block middle pieces are one block each: they all share the block graph.
+    ``dynamic=True``: blocks that read symbolic sizes leave their piece compiled whole; either
+    way the outputs and decisions are those of the full lowering."""
+    for prune in (True, False):
+        cfg = dcp.DBPruneConfig(**CFG) if prune else dcp.DBCacheConfig(**CFG)
+        dyn = {} if prune else dict(dynamic=True)
+        torch.manual_seed(0)
+        full = dcp.compile(ToyDiT(n=6).eval(), cfg, backend="aot_eager", **dyn)
+        torch.manual_seed(0)
+        regional = dcp.compile(ToyDiT(n=6).eval(), cfg, backend="aot_eager", lowering="regional", **dyn)
+        for a, b in zip(_run(regional, 6), _run(full, 6)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        steps = [[r.cached for r in dcp.summary(x).loops[0].steps] for x in (regional, full)]
+        assert steps[0] == steps[1] and any(steps[0]), steps
+        if prune:
+            cache, sites = _regions(regional)
+            middle = [s for s in sites if s.__name__.startswith("block")]
+            assert len(middle) == 6 and len({id(s.slot[0]) for s in middle}) <= 2
