@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import capture
-from .lower import CompileOptions, compile_graph, guarded_by_dynamo, has_symbolic_inputs
+from .lower import CompileOptions, compile_whole, guarded_by_dynamo, has_symbolic_inputs
 from .matcher import match
 from .plan import plan
 from .fold import fold
@@ -65,7 +65,7 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
         session.graphs.append(report)
         if not cplan.loops:
             session.no_loop(report)
-            return compile_graph(gm, example_inputs, session.backend, session.compile_options)
+            return compile_whole(gm, example_inputs, session.backend, session.compile_options)
         prog = _stage("rewrite", lambda c, p: fold(split(c, p)), cap, cplan)
         report.pieces = prog.pieces
         guarded = frozenset(i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
@@ -74,7 +74,7 @@ def build(gm: fx.GraphModule, example_inputs: Sequence[Any], session: Session) -
     except StageError as err:
         session.graphs.append(GraphReport(len(gm.graph.nodes), [], [str(err)], [], []))
         session.stage_failed(err)
-        return compile_graph(gm, example_inputs, session.backend, session.compile_options)
+        return compile_whole(gm, example_inputs, session.backend, session.compile_options)
 
 
 def session_for_options(options: Optional[dict], mode: Optional[str] = None) -> Session:

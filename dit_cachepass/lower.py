@@ -129,6 +129,22 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: st
         return compile_fx(gm, inputs, config_patches=patches or None)
 
 
+def compile_whole(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: str,
+                  opts: Optional[CompileOptions] = None) -> Callable:
+    """A dynamo graph the pass leaves whole (nothing to cache, or a stage failed), compiled as
+    ``torch.compile(backend=, options=)`` would: inside dynamo's own tracing context, whose
+    ShapeEnv knows the graph's unbacked sizes (``u0`` from a ``bincount`` under scalar capture);
+    a fresh one (``compile_graph``) cannot re-trace them ("possible memo disaster")."""
+    if backend == "eager":
+        return gm.forward
+    if backend == "aot_eager":
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+    from torch._inductor.compile_fx import compile_fx
+
+    patches = opts.inductor_patches() if opts is not None else {}
+    return compile_fx(gm, example_inputs, config_patches=patches or None)
+
+
 def _signature(args: Sequence[Any], watch: Sequence[int]) -> tuple:
     """Inductor specializes on strides too (and asserts them on entry): a piece fed once by a
     computed middle and once by a cached residual apply may see the same shape laid out

@@ -62,3 +62,14 @@ def test_explain_reports_the_failing_stage(monkeypatch):
     monkeypatch.setattr(backend, "match", _boom)
     rep = dcp.explain(m, **toy_inputs(0))
     assert not rep.loops and any("the match stage failed" in r for r in rep.reasons), str(rep)
+
+
+def test_graphs_left_whole_compile_in_dynamos_context():
+    """HiDream's MoE router (``bincount`` under scalar capture) makes a graph fragment with an
+    unbacked size and no loop; it must compile as torch.compile would compile it, inside dynamo's
+    ShapeEnv (a fresh one raised "u0 possible memo disaster" with every compiling backend)."""
+    from dit_cachepass import coverage
+    from dit_cachepass.testing.zoo import ZOO
+
+    row = coverage.check(ZOO["hidream"], backend="aot_eager")
+    assert row.exact and row.cached, row
