@@ -83,8 +83,9 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     ``lowering``: "full" (default: each Fn / middle / Bn piece of the captured graph compiled
     whole, glue fused with it) or "regional" (each distinct block structure compiled once and
     shared by every block that has it, as diffusers' ``compile_repeated_blocks``; on the graph
-    path long glue runs are compiled too, on the block path glue runs eager). Regional compiles
-    in a fraction of the time; see benchmarks/RESULTS.md.
+    path long glue runs are compiled too, on the block path (``path="block"``) glue runs eager).
+    On the CPU benchmark regional compiled in 0.57x full lowering's time (``path="block"``:
+    0.39x) at the same steady time; see benchmarks/RESULTS.md and docs/user_guide.md.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")

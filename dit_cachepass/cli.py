@@ -46,8 +46,8 @@ def _metrics(args: argparse.Namespace) -> int:
 def _coverage(args: argparse.Namespace) -> int:
     from .coverage import markdown, matrix
 
-    rows = matrix(args.entry or None, progress=not args.quiet, lowering=args.lowering)
-    text = markdown(rows, args.lowering)
+    rows = matrix(args.entry or None, progress=not args.quiet, lowering=args.lowering, backend=args.backend)
+    text = markdown(rows, args.lowering, args.backend)
     if args.write:
         with open(args.write, "w") as f:
             f.write(text)
@@ -85,8 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--write", metavar="PATH", help="also write the markdown table to PATH (e.g. docs/coverage.md)")
     c.add_argument("--lowering", choices=["full", "regional"], default="full",
                    help="full: the graph path where it works (default); regional: every class on the block path "
-                        "(path='block': the eager backend compiles nothing, so the graph path's regional "
-                        "lowering would check the same as full)")
+                        "(path='block') with the eager backend, which compiles nothing; with a compiling "
+                        "backend, the graph path's regional lowering")
+    c.add_argument("--backend", choices=["eager", "aot_eager", "inductor"], default="eager",
+                   help="eager (default: fast, checks capture, matching and decisions); aot_eager also "
+                        "compiles every piece (and region) through AOTAutograd")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_coverage)
 

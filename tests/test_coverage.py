@@ -40,3 +40,16 @@ def test_cli_checks_chosen_classes_with_regional_lowering(tmp_path):
     assert "lowering='regional'" in text
     row = next(line for line in text.splitlines() if line.startswith("| FluxTransformer2DModel "))
     assert "| block |" in row and row.endswith("| cached |") and "| yes |" in row, row
+
+
+def test_cli_checks_regional_lowering_on_the_graph_path_with_a_compiling_backend(tmp_path):
+    """``--backend aot_eager --lowering regional``: the pieces are outlined and compiled, FLUX stays
+    on the graph path, exact and cached, and the table names the command that made it."""
+    from dit_cachepass.cli import main
+
+    out = tmp_path / "coverage.md"
+    assert main(["coverage", "flux", "--backend", "aot_eager", "--lowering", "regional", "-q", "--write", str(out)]) == 0
+    text = out.read_text()
+    assert "aot_eager backend" in text and "--backend aot_eager --lowering regional" in text
+    row = next(line for line in text.splitlines() if line.startswith("| FluxTransformer2DModel "))
+    assert "| graph |" in row and row.endswith("| cached |") and "| yes |" in row, row

@@ -74,10 +74,10 @@ class Runner:
         self.prog = prog
         self._session = weakref.ref(session)
         self._strong: Optional["Session"] = session  # dropped by ``weaken``
-        # per piece, the input positions whose layout can change between calls: activations made
-        # by other pieces (a cached step's rebuilt streams), never the ``guarded`` graph arguments
         # lowering="regional": the compiled block graphs every piece of this runner shares
         self.regions = region_cache(backend, session.compile_options, self._lower_failed)
+        # per piece, the input positions whose layout can change between calls: activations made
+        # by other pieces (a cached step's rebuilt streams), never the ``guarded`` graph arguments
         self.fns = [compile_piece(p.gm, backend, symbolic, self._lower_failed,
                                   [k for k, j in enumerate(p.inputs) if j not in guarded], session.compile_options,
                                   self.regions)
