@@ -106,6 +106,9 @@ def main(argv=None) -> None:
     p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
                    help="append the table to RESULTS.md")
     args = p.parse_args(argv)
+    if args.steps < 4 or args.gens < 2:
+        p.error("--steps >= 4 and --gens >= 2: the block path runs its first calls as eager probes, so with "
+                "fewer steps its compile would fall into the second generation, which counts as steady")
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.steps, args.gens, args)))
         return
