@@ -49,25 +49,15 @@ def child(variant: str, steps: int, gens: int, args: argparse.Namespace) -> dict
 
     import dit_cachepass as dcp
     from dit_cachepass.demo import denoise
-    from e2e import build_inputs, build_model  # the same models and inputs as the end-to-end benchmark
+    from e2e import build_inputs, build_model, on_device  # the end-to-end benchmark's models and inputs
 
     def sync():
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
     inp = build_inputs(args)
-
-    def on_device(model):  # the scheduler's timesteps live on the CPU (as in e2e.py)
-        if args.device == "cpu":
-            return model
-
-        def call(*a, **kw):
-            kw["timestep"] = kw["timestep"].to(args.device, inp.latents.dtype)
-            return model(*a, **kw)
-        return call
-
     with torch.no_grad():
-        ref = denoise(on_device(build_model(args)), inp, steps).float()
+        ref = denoise(on_device(build_model(args), inp), inp, steps).float()
     m = build_model(args)
     if variant == "compiled":
         m = torch.compile(m)
@@ -82,7 +72,7 @@ def child(variant: str, steps: int, gens: int, args: argparse.Namespace) -> dict
         sync()
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = denoise(on_device(m), inp, steps).float()
+            out = denoise(on_device(m, inp), inp, steps).float()
         sync()
         times.append(time.perf_counter() - t0)
     cached = None

@@ -257,14 +257,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().mean() / b.float().abs().mean())
 
 
+def on_device(call: Callable, inp) -> Callable:
+    """``call`` with the timestep moved to the latents' device and dtype (the scheduler's
+    timesteps live on the CPU); ``call`` itself on a CPU."""
+    dev = inp.latents.device
+    if dev.type == "cpu":
+        return call
+
+    def moved(*a, **kw):
+        kw["timestep"] = kw["timestep"].to(dev, inp.latents.dtype)
+        return call(*a, **kw)
+    return moved
+
+
 def run_once(v: Variant, inp, steps: int) -> float:
     v.pre_gen()
     dev = inp.latents.device
-
-    def on_device(*a, _m=v.call, **kw):  # the scheduler's timesteps live on the CPU
-        kw["timestep"] = kw["timestep"].to(dev, inp.latents.dtype)
-        return _m(*a, **kw)
-    call = v.call if dev.type == "cpu" else on_device
+    call = on_device(v.call, inp)
     if dev.type != "cpu":
         torch.cuda.synchronize()
     t0 = time.perf_counter()

@@ -140,9 +140,11 @@ def matrix(names: Optional[list[str]] = None, progress: bool = True, lowering: s
 
 
 def _flags(lowering: str, backend: str) -> str:
-    out = "".join(f" --{k} {v}" for k, v, d in (("backend", backend, "eager"), ("lowering", lowering, "full")) if v != d)
-    name = "coverage.md" if not out else f"coverage_{'_'.join(v for v in (backend, lowering) if v not in ('eager', 'full'))}.md"
-    return f"{out} --write docs/{name}"
+    """The command-line flags that make this table, with the file name it is kept under."""
+    changed = [(k, v) for k, v, default in (("backend", backend, "eager"), ("lowering", lowering, "full"))
+               if v != default]
+    name = "_".join(["coverage"] + [v for _, v in changed]) + ".md"
+    return "".join(f" --{k} {v}" for k, v in changed) + f" --write docs/{name}"
 
 
 def markdown(rows: list[CoverageRow], lowering: str = "full", backend: str = "eager") -> str:

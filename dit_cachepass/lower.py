@@ -121,20 +121,16 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: st
     inputs = [fake_mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a
               for a in example_inputs]
     with tracing(TracingContext(fake_mode)):
-        if backend == "aot_eager":
-            return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
-        from torch._inductor.compile_fx import compile_fx
-
-        patches = opts.inductor_patches() if opts is not None else {}
-        return compile_fx(gm, inputs, config_patches=patches or None)
+        return compile_whole(gm, inputs, backend, opts)
 
 
 def compile_whole(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: str,
                   opts: Optional[CompileOptions] = None) -> Callable:
-    """A dynamo graph the pass leaves whole (nothing to cache, or a stage failed), compiled as
-    ``torch.compile(backend=, options=)`` would: inside dynamo's own tracing context, whose
-    ShapeEnv knows the graph's unbacked sizes (``u0`` from a ``bincount`` under scalar capture);
-    a fresh one (``compile_graph``) cannot re-trace them ("possible memo disaster")."""
+    """``gm`` compiled as ``torch.compile(backend=, options=)`` would, in the tracing context
+    already active. For a dynamo graph the pass leaves whole (nothing to cache, or a stage
+    failed) that is dynamo's own, whose ShapeEnv knows the graph's unbacked sizes (``u0`` from a
+    ``bincount`` under scalar capture); a fresh one (``compile_graph``) cannot re-trace them
+    ("possible memo disaster")."""
     if backend == "eager":
         return gm.forward
     if backend == "aot_eager":

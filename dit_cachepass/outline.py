@@ -79,13 +79,11 @@ class RegionCache:
     def __init__(self, compile_fn: Callable[[fx.GraphModule, Sequence[Any]], Callable]):
         self.compile_fn = compile_fn
         self.fns: dict[tuple, Callable] = {}
-        self.calls_compiled = 0  # compiles run (one per distinct structure and layout)
 
     def get(self, key: tuple, gm: fx.GraphModule, args: Sequence[Any]) -> Callable:
         full = (key, _layout(args))
         fn = self.fns.get(full)
         if fn is None:
-            self.calls_compiled += 1
             fn = self.fns[full] = self.compile_fn(gm, args)
         return fn
 

@@ -8,7 +8,7 @@ import torch.fx as fx
 import dit_cachepass as dcp
 from dit_cachepass import lower
 from dit_cachepass import outline as outline_mod
-from dit_cachepass.outline import MIN_GLUE_OPS, RegionCache, outline, structure_key
+from dit_cachepass.outline import RegionCache, outline, structure_key
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)
@@ -79,7 +79,7 @@ def test_blocks_of_one_structure_share_one_compiled_graph(monkeypatch):
     assert len(compiled) == 2
 
 
-def test_short_glue_runs_inline_and_other_layouts_compile_apart():
+def test_short_glue_runs_inline_and_other_layouts_compile_apart(monkeypatch):
     def f(x, w, y):  # (arguments in the order the graph first reads them: its placeholders)
         a = torch.tanh(x @ w) + x  # block 0 on a contiguous input
         return torch.tanh(y @ w) + y + a  # block 1 on a transposed one, then one glue op
@@ -87,14 +87,27 @@ def test_short_glue_runs_inline_and_other_layouts_compile_apart():
     torch.manual_seed(0)
     x, w = torch.randn(8, 8), torch.randn(8, 8)
     y = torch.randn(8, 8).t()
-    gm = _captured(f, x, w, y)
-    _tag(gm, [(3, (0, 0)), (3, (0, 1)), (1, None)])
-    cache, compiled = _counting_cache()
-    outer = outline(gm, cache)
-    assert 1 < MIN_GLUE_OPS and not any(n.target.__name__.startswith("glue") for n in outer.graph.nodes
-                                        if n.op == "call_function")
-    torch.testing.assert_close(outer(x, w, y)[0], f(x, w, y))
-    assert len(compiled) == 2  # same structure, other strides: Inductor would assert them
+
+    def run(min_glue_ops):
+        monkeypatch.setattr(outline_mod, "MIN_GLUE_OPS", min_glue_ops)
+        gm = _captured(f, x, w, y)
+        glue = _tag(gm, [(3, (0, 0)), (3, (0, 1)), (1, None)])[-1]
+        cache, compiled = _counting_cache()
+        outer = outline(gm, cache)
+        torch.testing.assert_close(outer(x, w, y)[0], f(x, w, y))
+        sites = [n.target.__name__ for n in outer.graph.nodes if n.op == "call_function" and hasattr(n.target, "slot")]
+        inline = [n for n in outer.graph.nodes if n.op == "call_function" and n.target is glue.target]
+        return sites, inline, compiled
+
+    # the one-op glue run is below the threshold: it runs in the piece's own code
+    sites, inline, compiled = run(2)
+    assert sites == ["block_0_0", "block_0_1"] and len(inline) == 1
+    # same block structure, other strides (Inductor would assert them): two compiled graphs
+    assert len(compiled) == 2 and all(sum(n.op == "call_function" for n in g.graph.nodes) == 3 for g in compiled)
+    # at the threshold the same run is a compiled region of its own
+    sites, inline, compiled = run(1)
+    assert sites[:2] == ["block_0_0", "block_0_1"] and sites[2].startswith("glue_") and not inline
+    assert len(compiled) == 3
 
 
 def test_structure_key_sees_constants_not_names():
