@@ -288,7 +288,8 @@ class LazyCompiled:
         if self.regions is not None and not self.scalars:
             from .outline import outline
 
-            outer = outline(self.gm, self.regions)
+            on_cpu = all(a.device.type == "cpu" for a in args if isinstance(a, torch.Tensor))
+            outer = outline(self.gm, self.regions, compile_glue=not on_cpu)
             if outer is not None:  # regions compile on their first call, i.e. now
                 return outer.forward
         return _compile_or_eager(self.gm, args, self.backend, self.opts, self.on_fail, self.scalars)

@@ -64,13 +64,61 @@ def structure_key(graph: fx.Graph) -> tuple:
     return tuple(key)
 
 
+def _strides(t: torch.Tensor) -> tuple:
+    """Strides, less those of size-1 dims: no index ever moves along such a dim, and Inductor's
+    entry check (``assert_size_stride``) ignores them too. FLUX's single blocks return slices of
+    one (1, text + image, D) tensor, strided (T*D, D, 1) where the first block's inputs are
+    (N*D, D, 1); without this, the first single block compiled apart from the others."""
+    return tuple(s if n != 1 else None for n, s in zip(t.shape, t.stride()))
+
+
 def _layout(args: Sequence[Any]) -> tuple:
     """What a compiled region is specialized to besides its ops: each input's layout, and which
     inputs are the same tensor (a graph compiled for distinct inputs assumes no aliasing)."""
     first: dict[int, int] = {}
     same = tuple(first.setdefault(id(a), k) for k, a in enumerate(args))
-    return same + tuple((tuple(a.shape), tuple(a.stride()), a.dtype, a.device, a.requires_grad)
+    return same + tuple((tuple(a.shape), _strides(a), a.dtype, a.device, a.requires_grad)
                         if isinstance(a, torch.Tensor) else ("value", a) for a in args)
+
+
+def _same_op(big: fx.Node, small: fx.Node, env: dict[fx.Node, fx.Node]) -> bool:
+    if big.op != small.op or (big.op != "placeholder" and big.target != small.target):
+        return False
+    try:
+        return bool(fx.map_arg((small.args, small.kwargs), lambda n: env[n]) == (big.args, big.kwargs))
+    except (KeyError, RuntimeError):  # a value big does not have / a tensor constant
+        return False
+
+
+def extends(big: fx.Graph, small: fx.Graph) -> Optional[tuple[int, ...]]:
+    """If ``small`` is ``big`` less some ops whose values only ``big``'s output reads, the
+    positions of ``small``'s outputs among ``big``'s; else None. The last block of a loop is
+    such a graph: an output nothing reads after the loop (FLUX's text stream after its last
+    single block) was dead code, so its slice is missing, and it runs the full block's graph
+    instead of compiling its own."""
+    bnodes = [n for n in big.nodes if n.op != "output"]
+    env: dict[fx.Node, fx.Node] = {}
+    skipped: set[fx.Node] = set()
+    i = 0
+    for node in small.nodes:
+        if node.op == "output":
+            break
+        while i < len(bnodes) and not _same_op(bnodes[i], node, env):
+            skipped.add(bnodes[i])
+            i += 1
+        if i == len(bnodes):
+            return None
+        env[node] = bnodes[i]
+        i += 1
+    skipped.update(bnodes[i:])
+    out = big.output_node()
+    if any(n.op == "placeholder" or any(u is not out and u not in skipped for u in n.users) for n in skipped):
+        return None
+    bouts = list(out.args[0])
+    souts = [env.get(n) for n in small.output_node().args[0]]
+    if any(n is None or n not in bouts for n in souts):
+        return None
+    return tuple(bouts.index(n) for n in souts)
 
 
 class RegionCache:
@@ -79,22 +127,42 @@ class RegionCache:
     def __init__(self, compile_fn: Callable[[fx.GraphModule, Sequence[Any]], Callable]):
         self.compile_fn = compile_fn
         self.fns: dict[tuple, Callable] = {}
+        self.compiled: dict[tuple, list[tuple[fx.Graph, Callable]]] = {}  # by layout
+        self.compiles = 0
 
     def get(self, key: tuple, gm: fx.GraphModule, args: Sequence[Any]) -> Callable:
-        full = (key, _layout(args))
-        fn = self.fns.get(full)
+        layout = _layout(args)
+        fn = self.fns.get((key, layout))
         if fn is None:
-            fn = self.fns[full] = self.compile_fn(gm, args)
+            fn = self.fns[(key, layout)] = self._reuse(gm.graph, layout) or self._compile(gm, args, layout)
         return fn
 
+    def _compile(self, gm: fx.GraphModule, args: Sequence[Any], layout: tuple) -> Callable:
+        fn = self.compile_fn(gm, args)
+        self.compiles += 1
+        self.compiled.setdefault(layout, []).append((gm.graph, fn))
+        return fn
+
+    def _reuse(self, graph: fx.Graph, layout: tuple) -> Optional[Callable]:
+        """A compiled region that computes this one's outputs and more (``extends``)."""
+        for big, fn in self.compiled.get(layout, ()):
+            pick = extends(big, graph)
+            if pick is not None:
+                return lambda *args, fn=fn, pick=pick: _pick(fn(*args), pick)
+        return None
+
     def __repr__(self) -> str:
-        return f"RegionCache({len(self.fns)} compiled regions)"
+        return f"RegionCache({self.compiles} compiled regions, {len(self.fns)} region kinds)"
+
+
+def _pick(outs: Sequence[Any], pick: tuple[int, ...]) -> tuple:
+    return tuple(outs[k] for k in pick)
 
 
 def _site(gm: fx.GraphModule, key: tuple, cache: RegionCache, name: str) -> Callable:
     """The call of one region in the piece's code: bound to its compiled function on first call
     (the piece is compiled per input layout, so the region's layout never changes after that).
-    ``site.slot[0]`` is that function (None before the first call)."""
+    ``site.slot[0]`` is that function (None before the first call), ``site.region`` the graph."""
     slot: list[Optional[Callable]] = [None]
 
     def site(*args: Any) -> Any:
@@ -105,6 +173,7 @@ def _site(gm: fx.GraphModule, key: tuple, cache: RegionCache, name: str) -> Call
 
     site.__name__ = site.__qualname__ = name
     site.slot = slot  # type: ignore[attr-defined]
+    site.region = gm  # type: ignore[attr-defined]
     return site
 
 
@@ -141,15 +210,19 @@ def _groups(nodes: list[fx.Node]) -> list[_Group]:
     return groups
 
 
-def outline(gm: fx.GraphModule, cache: RegionCache) -> Optional[fx.GraphModule]:
-    """``gm`` as a graph of region calls (and short glue), or None if it must compile whole."""
+def outline(gm: fx.GraphModule, cache: RegionCache, compile_glue: bool = True) -> Optional[fx.GraphModule]:
+    """``gm`` as a graph of region calls (and short glue), or None if it must compile whole.
+    ``compile_glue=False`` (a piece on the CPU): only blocks are compiled, all glue runs as the
+    piece's Python code, and a piece without blocks is returned as it is, as diffusers'
+    ``compile_repeated_blocks`` does. On a CPU an eager op costs no kernel launch, and the
+    glue's compiles cost more time than they ever save (``benchmarks/RESULTS.md``)."""
     nodes = list(gm.graph.nodes)
     if any(_marker(n) for n in nodes):
         return None
     index = {n: i for i, n in enumerate(nodes)}
     groups = _groups(nodes)
     if not any(g.block is not None for g in groups):
-        return None
+        return None if compile_glue else gm
     compiled: list[_Group] = []
     for g in groups:
         inside = set(g.members)
@@ -160,7 +233,7 @@ def outline(gm: fx.GraphModule, cache: RegionCache) -> Optional[fx.GraphModule]:
             if not values_ok:
                 return None
             compiled.append(g)
-        elif values_ok and outs and sum(n.target not in _FREE for n in g.members) >= MIN_GLUE_OPS:
+        elif compile_glue and values_ok and outs and sum(n.target not in _FREE for n in g.members) >= MIN_GLUE_OPS:
             compiled.append(g)
     region_of = {n: g for g in compiled for n in g.members}
     # a region runs where its first op stood: everything it reads must be ready by then

@@ -72,11 +72,20 @@ def test_blocks_of_one_structure_share_one_compiled_graph(monkeypatch):
     assert names[0].startswith("glue_") and names[1:] == ["block_0_0", "block_0_1"]
     torch.testing.assert_close(outer(*args)[0], two_blocks(*args))
     # glue and one block graph compiled: the second block reuses the first one's
-    assert len(compiled) == 2 and len(cache.fns) == 2
+    assert len(compiled) == 2 and len(cache.fns) == 2 and cache.compiles == 2
     assert sites[1].target.slot[0] is sites[2].target.slot[0]
     # a second call compiles nothing
     outer(*args)
     assert len(compiled) == 2
+    # on a CPU (compile_glue=False) only the blocks are compiled: the glue runs inline, and a
+    # piece without blocks runs as it is
+    cache, compiled = _counting_cache()
+    outer = outline(gm, cache, compile_glue=False)
+    torch.testing.assert_close(outer(*args)[0], two_blocks(*args))
+    assert [n.target.__name__ for n in outer.graph.nodes if hasattr(n.target, "slot")] == ["block_0_0", "block_0_1"]
+    assert len(compiled) == 1
+    glue_only = _captured(two_blocks, *args)
+    assert outline(glue_only, cache, compile_glue=False) is glue_only and outline(glue_only, cache) is None
 
 
 def test_short_glue_runs_inline_and_other_layouts_compile_apart(monkeypatch):
@@ -108,6 +117,49 @@ def test_short_glue_runs_inline_and_other_layouts_compile_apart(monkeypatch):
     sites, inline, compiled = run(1)
     assert sites[:2] == ["block_0_0", "block_0_1"] and sites[2].startswith("glue_") and not inline
     assert len(compiled) == 3
+
+
+def test_a_block_missing_a_dead_output_runs_the_full_blocks_graph():
+    """The last block of a loop lost an op whose value nothing read (dynamo removed it): it
+    calls the graph compiled for its siblings and keeps the outputs it has (``extends``)."""
+    def f(x, w1, w2):
+        h = torch.tanh(x @ w1)
+        p, q = h * 2, h + 1  # block 0: both outputs read
+        q2 = torch.tanh(q @ w2) + 1  # block 1: its "* 2" was dead code
+        return p + q2
+
+    args = _args()
+    gm = _captured(f, *args)
+    _tag(gm, [(4, (0, 0)), (3, (0, 1)), (1, None)])
+    cache, compiled = _counting_cache()
+    outer = outline(gm, cache)
+    torch.testing.assert_close(outer(*args)[0], f(*args))
+    assert len(compiled) == 1 and cache.compiles == 1 and len(cache.fns) == 2
+    sites = [n.target for n in outer.graph.nodes if n.op == "call_function" and hasattr(n.target, "slot")]
+    big, small = compiled[0].graph, sites[1].region.graph
+    assert outline_mod.extends(big, small) == (1,)
+    assert outline_mod.extends(small, big) is None  # the reverse lacks an op: compiled apart
+
+
+def test_strides_of_size_one_dims_do_not_split_a_region():
+    """FLUX's single blocks return slices of one (1, T, D) tensor: strided (T*D, D, 1) where the
+    first block's inputs are (N*D, D, 1). No index moves along a size-1 dim, so every block
+    shares one Inductor graph, and Inductor's entry check accepts the other strides."""
+    def f(x, w1, w2):
+        h = torch.cat([torch.tanh(x @ w1), x[:, :2]], 1)[:, 2:]  # block 0: a (1, 8, 8) slice of (1, 10, 8)
+        return torch.cat([torch.tanh(h @ w2), h[:, :2]], 1)[:, 2:]  # block 1
+
+    torch.manual_seed(0)
+    args = torch.randn(1, 8, 8), torch.randn(8, 8), torch.randn(8, 8)
+    gm = _captured(f, *args)
+    n = sum(1 for node in gm.graph.nodes if node.op == "call_function")
+    _tag(gm, [(n // 2, (0, 0)), (n // 2, (0, 1))])
+    cache = lower.region_cache("inductor", dcp.CompileOptions(lowering="regional"))
+    outer = outline(gm, cache)
+    torch.testing.assert_close(outer(*args)[0], f(*args))
+    assert cache.compiles == 1
+    assert outline_mod._layout([args[0]]) == outline_mod._layout([torch.randn(1, 10, 8)[:, 2:]])
+    assert outline_mod._layout([args[0]]) != outline_mod._layout([torch.randn(2, 10, 8)[:, 2:]])
 
 
 def test_structure_key_sees_constants_not_names():
@@ -192,7 +244,8 @@ def test_regional_lowering_decides_and_computes_like_full(monkeypatch):
     blocks = [s for s in sites if s.__name__.startswith("block")]
     assert len(blocks) == 6  # every block is a region ...
     assert len({id(s.slot[0]) for s in blocks}) <= 2  # ... and at most two graphs serve them
-    assert len(calls) - n_full == len(cache.fns) < len(blocks)
+    assert len(calls) - n_full == cache.compiles < len(blocks)
+    assert not [s for s in sites if not s.__name__.startswith("block")]  # on a CPU, glue is not compiled
 
 
 def test_regional_lowering_under_inductor():
@@ -208,7 +261,7 @@ def test_regional_lowering_under_inductor():
                 torch.testing.assert_close(out, ref(**toy_inputs(s)), rtol=1e-4, atol=1e-4)
     cache, sites = _regions(m)
     assert len([s for s in sites if s.__name__.startswith("block")]) == 4
-    assert len(cache.fns) < len(sites)
+    assert cache.compiles < len(sites)
 
 
 def test_torch_compile_backend_lowers_regionally():

@@ -191,14 +191,19 @@ class LoopState:
 
     # -- snapshot / restore (a call that raises leaves the state as before it) ------------
     def snapshot(self) -> tuple:
-        r = self.records[-1] if self.records else None  # DBPrune updates the current record in place
+        """O(1) in the generation's length: ``records`` only grows during a call (a new
+        generation starts a new list), so the list and its length restore it; DBPrune updates
+        the last record in place, so that one is copied."""
+        r = self.records[-1] if self.records else None
         last = StepRecord(r.step, r.cached, r.reason, r.diff, list(r.skipped), list(r.diffs)) if r else None
         return (self.step, self.generation, self.finished, dict(self.buffers), self.continuous, self.accumulated,
-                list(self.records), last, list(self.history), _copy_calibrator(self.calibrator), self.never_cache)
+                self.records, len(self.records), last, list(self.history), _copy_calibrator(self.calibrator),
+                self.never_cache)
 
     def restore(self, snap: tuple) -> None:
         (self.step, self.generation, self.finished, self.buffers, self.continuous, self.accumulated,
-         self.records, last, self.history, self.calibrator, self.never_cache) = snap
+         self.records, n, last, self.history, self.calibrator, self.never_cache) = snap
+        del self.records[n:]
         if last is not None:
             self.records[-1] = last
 
