@@ -5,7 +5,8 @@
 #      on the CPU while the GPU-only tests (5.) run
 #   2. kernel microbenchmark: GB/s, fraction of peak, vs eager and torch.compile of the references
 #   3. runner overhead per forward on the GPU (tiny FLUX: host work dominates), and per variant
-#      the kernel launches and host ops per forward (torch.profiler)
+#      the kernel launches and host ops per forward (torch.profiler), and the split of a computed
+#      step into compiled code, the Python around it, and that Python alone (--breakdown)
 #   4. end-to-end: FLUX-shaped bf16 model (4+8 blocks, 12 heads x 128, 1024+256 tokens): no cache
 #      eager / compiled / regional, cache-dit eager and compiled, diffusers FirstBlockCache,
 #      dit_cachepass full / regional / reduce-overhead (CUDA graphs)
@@ -92,8 +93,8 @@ if want aot; then
   record aot "$AOT_RC" "$AOT_S" "${AOT[@]}"
 fi
 run kernels 60 $PY benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps "$PEAK"
-run overhead 120 $PY benchmarks/overhead.py --device cuda --rounds 30 --calls 10 \
-  --variants "$OVERHEAD_VARIANTS" --profile --results "$RESULTS"
+run overhead 140 $PY benchmarks/overhead.py --device cuda --rounds 20 --calls 10 \
+  --variants "$OVERHEAD_VARIANTS" --breakdown --profile --results "$RESULTS"
 run e2e $((E2E_BUDGET + 20)) $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \
   --variants "$E2E_VARIANTS" --threshold "$E2E_THRESHOLD" --threads 0 --time-budget "$E2E_BUDGET" --out "$PLOT" --results "$RESULTS"
 run compile 330 $PY benchmarks/compile_time.py --model gpu --device cuda --dtype bf16 --steps 8 --gens 3 --threads 4 \

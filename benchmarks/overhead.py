@@ -10,6 +10,7 @@ that bounds a fast GPU. Variants (all backend="inductor"):
   cachedit     cache-dit 1.5.3 DBCache (same F/B, every step computed) + torch.compile
   regional     dit_cachepass, lowering="regional", every step computed (only with --regional)
   regional_block  the same on the block path (path="block": each block torch.compile'd)
+  repeated     diffusers' compile_repeated_blocks (each block class compiled, glue eager), no cache
   unfolded     "computed" with the cache's tensor work done eagerly (as before ``fold``; on request)
 
 Every variant runs --calls forwards per round; variants are interleaved round-robin for
@@ -21,6 +22,7 @@ disturbs much less).
 
     python benchmarks/overhead.py [--rounds 120] [--calls 10] [--threads 1] [--results]
     python benchmarks/overhead.py --device cuda --profile     # + where the host time goes
+    python benchmarks/overhead.py --breakdown --rounds 10      # + compiled code vs the Python around it
 
 ``--profile`` then runs every variant under torch.profiler for a few calls and prints, per
 forward, the device kernels launched and the host operators by self CPU time: on a GPU, where a
@@ -37,7 +39,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
 
@@ -87,6 +89,9 @@ def make(key: str) -> Callable:
         kw = {"regional": {"lowering": "regional"}, "regional_block": {"lowering": "regional", "path": "block"}
               }.get(key, {})
         return dcp.compile(m, cfg, backend="inductor", **kw)
+    if key == "repeated":
+        m.compile_repeated_blocks(backend="inductor")
+        return m
     if key == "cachedit":
         import cache_dit
 
@@ -110,6 +115,60 @@ def _unfolded(active: bool):
         yield
     finally:
         backend.fold = fold
+
+
+def breakdown(kw: dict, it, rounds: int = 20, calls: int = 50) -> str:
+    """Where a computed step's extra time goes, plain torch.compile against dit_cachepass: the
+    host time inside compiled code (every compiled graph or piece call timed), the time around
+    it (dynamo's guards, module wrappers, the runner), and the same forward with every compiled
+    call replaced by a replay of its recorded outputs (no kernels: the host Python alone)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    inside = [0.0]
+    replay: dict[int, Any] = {}
+    mode = {"replay": False}
+
+    def timed(k: int, fn: Callable) -> Callable:
+        def call(*a):
+            if mode["replay"] and k in replay:
+                return replay[k]
+            t = time.perf_counter()
+            out = replay[k] = fn(*a)
+            inside[0] += time.perf_counter() - t
+            return out
+        return call
+
+    ids = iter(range(10**6))
+    plain = torch.compile(build(), backend=lambda gm, ex: timed(next(ids), compile_fx(gm, ex)))
+    computed = make("computed")
+    sync = torch.cuda.synchronize if DEVICE.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        for f in (plain, computed):
+            for _ in range(3):
+                f(timestep=next(it), **kw)
+        runner = dcp.api._session(computed).runners[-1]
+        runner.fns = [timed(next(ids), fn) for fn in runner.fns]
+        computed(timestep=next(it), **kw)  # record the pieces' outputs
+        res: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+        for _ in range(rounds):
+            for key, f in (("plain", plain), ("computed", computed)):
+                for rep in (False, True):
+                    mode["replay"], inside[0] = rep, 0.0
+                    sync()
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        f(timestep=next(it), **kw)
+                    sync()
+                    res.setdefault((key, rep), []).append(((time.perf_counter() - t0) / calls * 1e6,
+                                                           inside[0] / calls * 1e6))
+        mode["replay"] = False
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(i for _, i in v)) for k, v in res.items()}
+    lines = ["| variant | wall µs / forward | inside compiled calls | around them (guards, wrappers, runner) | "
+             "compiled calls replayed: host Python alone |", "|---|---:|---:|---:|---:|"]
+    for key in ("plain", "computed"):
+        (w, i), (wr, _) = med[(key, False)], med[(key, True)]
+        lines.append(f"| {key} | {w:.0f} | {i:.0f} | {w - i:.0f} | {wr:.0f} |")
+    return "\n".join(lines)
 
 
 def profile(fns: dict[str, Callable], kw: dict, it, calls: int = 20, top: int = 12) -> str:
@@ -144,9 +203,12 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, no OpenMP barrier stalls)")
     p.add_argument("--variants", default="plain,computed,cached,cachedit",
                    help="comma-separated (default: plain,computed,cached,cachedit; also: regional, regional_block, "
-                        "unfolded)")
+                        "repeated, unfolded)")
     p.add_argument("--regional", action="store_true", help="add the regional-lowering variant")
     p.add_argument("--device", default="cpu", help="cpu or cuda (host overhead bounds a fast GPU)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the timing, split plain and computed forwards into time inside compiled code, "
+                        "around it, and host Python alone (compiled calls replayed)")
     p.add_argument("--profile", action="store_true",
                    help="after the timing, profile each variant: kernel launches and host ops per forward")
     p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None,
@@ -204,6 +266,8 @@ def main(argv=None) -> None:
                  "CPU time (time.process_time) does not count time the process waits for a core, so it is "
                  "the steadier figure on a shared machine; on a GPU the wall column is the one that counts.")
     report("Runner overhead", cpu, "\n".join(lines), args.results, argv)
+    if args.breakdown:
+        report("Runner overhead, broken down", cpu, breakdown(kw, it), args.results, argv)
     if args.profile:
         with torch.no_grad():
             text = profile(fns, kw, it)
