@@ -32,4 +32,4 @@ demo: $(BIN)/.demo-installed
 	$(BIN)/python -m dit_cachepass demo
 
 test: $(BIN)/.test-installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15

@@ -1,8 +1,8 @@
 """Outline: run a piece as calls to compiled regions, one compiled graph per block structure.
 
 ``lowering="regional"`` on the graph path. The rewrite tags each op of a block with its
-(loop, block) (``node.meta["dcp_block"]``). Here every block of a piece, and every run of
-glue long enough to pay for a compile, becomes a *region*: a sub-graph whose inputs are the
+(loop, block) (``node.meta["dcp_block"]``). Here every block of a piece, and on a GPU every
+run of glue long enough to pay for a compile, becomes a *region*: a sub-graph whose inputs are the
 values it reads and whose outputs are the values read after it. Regions with the same ops in
 the same order, called with inputs of the same layout, share one compiled function
 (``RegionCache``): the 19 double and 38 single blocks of FLUX.1-dev compile as two graphs, as
