@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import platform
 import statistics
@@ -138,7 +139,7 @@ def breakdown(kw: dict, it, rounds: int = 20, calls: int = 50) -> str:
             return out
         return call
 
-    ids = iter(range(10**6))
+    ids = itertools.count()
     plain = torch.compile(build(), backend=lambda gm, ex: timed(next(ids), compile_fx(gm, ex)))
     computed = make("computed")
     sync = torch.cuda.synchronize if DEVICE.startswith("cuda") else (lambda: None)

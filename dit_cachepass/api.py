@@ -83,9 +83,10 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     ``lowering``: "full" (default: each Fn / middle / Bn piece of the captured graph compiled
     whole, glue fused with it) or "regional" (each distinct block structure compiled once and
     shared by every block that has it, as diffusers' ``compile_repeated_blocks``; on the graph
-    path long glue runs are compiled too, on the block path (``path="block"``) glue runs eager).
-    On the CPU benchmark regional compiled in 0.57x full lowering's time (``path="block"``:
-    0.39x) at the same steady time; see benchmarks/RESULTS.md and docs/user_guide.md.
+    path long glue runs are compiled too on a GPU, on a CPU and on the block path
+    (``path="block"``) glue runs eager). On the CPU benchmark regional compiled in 0.57x
+    torch.compile's time (``path="block"``: 0.53x) at 0.84x its steady time; see
+    benchmarks/RESULTS.md and docs/user_guide.md.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")

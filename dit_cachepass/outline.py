@@ -128,7 +128,6 @@ class RegionCache:
         self.compile_fn = compile_fn
         self.fns: dict[tuple, Callable] = {}
         self.compiled: dict[tuple, list[tuple[fx.Graph, Callable]]] = {}  # by layout
-        self.compiles = 0
 
     def get(self, key: tuple, gm: fx.GraphModule, args: Sequence[Any]) -> Callable:
         layout = _layout(args)
@@ -139,9 +138,13 @@ class RegionCache:
 
     def _compile(self, gm: fx.GraphModule, args: Sequence[Any], layout: tuple) -> Callable:
         fn = self.compile_fn(gm, args)
-        self.compiles += 1
         self.compiled.setdefault(layout, []).append((gm.graph, fn))
         return fn
+
+    @property
+    def compiles(self) -> int:
+        """Regions actually compiled (``fns`` also holds the regions served by a bigger one)."""
+        return sum(len(v) for v in self.compiled.values())
 
     def _reuse(self, graph: fx.Graph, layout: tuple) -> Optional[Callable]:
         """A compiled region that computes this one's outputs and more (``extends``)."""
