@@ -1,11 +1,17 @@
-"""Run by tests/test_distributed.py: 2 gloo ranks on CPU.
+"""Run by tests/test_distributed.py: 2 gloo ranks on CPU, ``dist_worker.py OUT PORT RUN...``.
 
-``toy sync|local THRESHOLD OUT PORT``: the per-token toy, each rank holding half of the tokens.
-``diffusers ulysses|tp THRESHOLD OUT PORT [--backend B] [--algo A] [--model M]``: a tiny real zoo
-model sharded by diffusers' own ``enable_parallelism`` through
-``dcp.enable_cache(parallelism_config=...)``, cached with A (dbcache, dbprune or taylorseer; see
-``algorithm``).
-Rank 0 writes the gathered outputs (out.pt) and every rank's decisions (cached.json).
+The runs go one after the other in the same two ranks (a launch costs three imports of torch and
+diffusers; only the ranks import dit_cachepass and diffusers, the launching process just spawns
+them). Each RUN writes to OUT/RUN:
+
+  ``toy:sync:THRESHOLD`` / ``toy:local:THRESHOLD``: the per-token toy, each rank holding half of
+  the tokens, with the decision synchronized across ranks or left local;
+  ``MODEL:KIND:BACKEND:ALGO:THRESHOLD``: a tiny real zoo model sharded by diffusers' own
+  ``enable_parallelism`` through ``dcp.enable_cache(parallelism_config=...)`` (KIND ulysses or tp),
+  cached with ALGO (dbcache, dbprune or taylorseer; see ``algorithm``).
+
+Rank 0 writes the gathered outputs (out.pt), every rank's decisions (cached.json) and the shapes
+of the cached residuals every rank holds (residual_shapes.json).
 """
 
 import argparse
@@ -17,21 +23,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import dit_cachepass as dcp  # noqa: E402
-from toy_models import ToyDiT, sharded_inputs  # noqa: E402
-
 STEPS = 8
 
 
 def config(threshold):
+    import dit_cachepass as dcp
+
     return dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=threshold,
                              max_warmup_steps=1)
 
 
 def algorithm(algo, threshold):
     """(cache_config, calibrator_config) for one of the algorithms whose state must agree across ranks."""
+    import dit_cachepass as dcp
+
     kw = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=threshold, max_warmup_steps=1)
     if algo == "dbprune":
         return dcp.DBPruneConfig(**kw), None
@@ -41,6 +46,8 @@ def algorithm(algo, threshold):
 
 def decisions(m):
     """Per loop and step: which middles (None) or blocks were skipped."""
+    import dit_cachepass as dcp
+
     return [[[r.step, sorted(map(str, r.skipped))] for r in loop.steps] for loop in dcp.summary(m).loops]
 
 
@@ -62,6 +69,9 @@ def allow_diffusers_parallelism_on_cpu():
 
 
 def toy_run(rank, world, sync, threshold):
+    import dit_cachepass as dcp
+    from toy_models import ToyDiT, sharded_inputs
+
     torch.manual_seed(0)
     m = dcp.compile(ToyDiT().eval(), config(threshold), backend="eager", process_group=True if sync else None)
     outs = []
@@ -75,6 +85,7 @@ def toy_run(rank, world, sync, threshold):
 
 
 def diffusers_run(kind, threshold, backend, algo, model):
+    import dit_cachepass as dcp
     from dit_cachepass.testing.zoo import ZOO
 
     allow_diffusers_parallelism_on_cpu()
@@ -88,25 +99,39 @@ def diffusers_run(kind, threshold, backend, algo, model):
     return m, outs
 
 
-def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo, model):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    if mode == "toy":
-        m, outs = toy_run(rank, world, kind == "sync", threshold)
-    else:
-        m, outs = diffusers_run(kind, threshold, backend, algo, model)
-    cached = [None] * world
-    dist.all_gather_object(cached, dcp.summary(m).cached_steps if mode == "toy" else decisions(m))
+def write(rank, world, out_dir, m, outs, cached):
+    """Rank 0 writes the gathered outputs, every rank's decisions and cached-residual shapes."""
+    everyone = [None] * world
+    dist.all_gather_object(everyone, cached)
     shapes = [None] * world  # of the cached residuals each rank holds
     dist.all_gather_object(shapes, sorted(residual_shapes(m)))
     if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "residual_shapes.json"), "w") as f:
             json.dump(shapes, f)
         torch.save(torch.stack(outs), os.path.join(out_dir, "out.pt"))
         with open(os.path.join(out_dir, "cached.json"), "w") as f:
-            json.dump(cached, f)
-    dist.barrier()
+            json.dump(everyone, f)
+
+
+def worker(rank, world, out_dir, port, runs):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import dit_cachepass as dcp
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    for run in runs:
+        *what, threshold = run.split(":")
+        if what[0] == "toy":
+            m, outs = toy_run(rank, world, what[1] == "sync", float(threshold))
+            cached = dcp.summary(m).cached_steps
+        else:
+            model, kind, backend, algo = what
+            m, outs = diffusers_run(kind, float(threshold), backend, algo, model)
+            cached = decisions(m)
+        write(rank, world, os.path.join(out_dir, run), m, outs, cached)
+        dist.barrier()
     dist.destroy_process_group()
     # Everything is written. About 1 run in 12, a rank then aborts in interpreter teardown
     # ("terminate called without an active exception", SIGABRT) inside gloo's threads (seen with
@@ -116,13 +141,8 @@ def worker(rank, world, mode, kind, threshold, out_dir, port, backend, algo, mod
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["toy", "diffusers"])
-    p.add_argument("kind", choices=["sync", "local", "ulysses", "tp"])
-    p.add_argument("threshold", type=float)
     p.add_argument("out_dir")
     p.add_argument("port", type=int)
-    p.add_argument("--backend", default="eager")
-    p.add_argument("--algo", default="dbcache", choices=["dbcache", "dbprune", "taylorseer"])
-    p.add_argument("--model", default="flux")
+    p.add_argument("runs", nargs="+", help="toy:sync|local:THRESHOLD or MODEL:KIND:BACKEND:ALGO:THRESHOLD")
     a = p.parse_args()
-    mp.spawn(worker, args=(2, a.mode, a.kind, a.threshold, a.out_dir, a.port, a.backend, a.algo, a.model), nprocs=2)
+    mp.spawn(worker, args=(2, a.out_dir, a.port, a.runs), nprocs=2)

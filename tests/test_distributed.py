@@ -34,14 +34,30 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_ranks(tmp_path, mode, kind, threshold, *options):
-    """Every rank's decisions, rank 0's gathered outputs, every rank's cached-residual shapes."""
-    out = tmp_path / f"{mode}-{kind}"
-    out.mkdir()
-    subprocess.run([sys.executable, os.path.join(HERE, "dist_worker.py"), mode, kind, str(threshold), str(out),
-                    str(_free_port()), *options], check=True, timeout=150)  # a hang fails fast
-    return (json.loads((out / "cached.json").read_text()), torch.load(out / "out.pt"),
-            json.loads((out / "residual_shapes.json").read_text()))
+DIFFUSERS_THRESHOLD = 0.12
+DIFFUSERS_RUNS = [
+    ("flux", "ulysses", "aot_eager", "dbcache"), ("flux", "ulysses", "eager", "dbprune"),
+    ("flux", "ulysses", "eager", "taylorseer"), ("flux", "tp", "eager", "dbcache"),
+    ("qwenimage", "ulysses", "eager", "dbcache"),  # its plan splits at block 0's own hook
+]
+RUNS = [f"toy:sync:{THRESHOLD}", f"toy:local:{THRESHOLD}"] + [
+    ":".join((*r, str(DIFFUSERS_THRESHOLD))) for r in DIFFUSERS_RUNS]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Every run of this file in one launch of two ranks (each launch imports torch and diffusers
+    three times, ~10 s on two cores): per run, every rank's decisions, rank 0's gathered outputs
+    and every rank's cached-residual shapes."""
+    out = tmp_path_factory.mktemp("ranks")
+    subprocess.run([sys.executable, os.path.join(HERE, "dist_worker.py"), str(out), str(_free_port()), *RUNS],
+                   check=True, timeout=420)  # a hang fails fast
+
+    def result(run):
+        d = out / run
+        return (json.loads((d / "cached.json").read_text()), torch.load(d / "out.pt"),
+                json.loads((d / "residual_shapes.json").read_text()))
+    return {run: result(run) for run in RUNS}
 
 
 def single_process():
@@ -54,13 +70,13 @@ def single_process():
     return dcp.summary(m).cached_steps, torch.stack(outs)
 
 
-@pytest.mark.timeout(200)
-def test_ranks_follow_one_global_decision(tmp_path):
+@pytest.mark.timeout(480)  # the first test of the file waits for every run (``ranks``)
+def test_ranks_follow_one_global_decision(ranks):
     ref_cached, ref_out = single_process()
-    cached, out, _ = run_ranks(tmp_path, "toy", "sync", THRESHOLD)
+    cached, out, _ = ranks[f"toy:sync:{THRESHOLD}"]
     assert cached[0] == cached[1] == ref_cached and ref_cached
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
-    local, _, _ = run_ranks(tmp_path, "toy", "local", THRESHOLD)
+    local, _, _ = ranks[f"toy:local:{THRESHOLD}"]
     assert local[0] != local[1], "the ranks' local diffs should disagree here, or the test proves nothing"
 
 
@@ -69,16 +85,9 @@ def test_process_group_without_distributed_is_a_clear_error():
         dcp.compile(ToyDiT(), dcp.DBCacheConfig(), process_group=True)
 
 
-DIFFUSERS_THRESHOLD = 0.12
-
-
-@pytest.mark.timeout(200)
-@pytest.mark.parametrize("model,kind,backend,algo", [
-    ("flux", "ulysses", "aot_eager", "dbcache"), ("flux", "ulysses", "eager", "dbprune"),
-    ("flux", "ulysses", "eager", "taylorseer"), ("flux", "tp", "eager", "dbcache"),
-    ("qwenimage", "ulysses", "eager", "dbcache"),  # its plan splits at block 0's own hook
-])
-def test_diffusers_parallel_model_takes_the_single_process_decisions(tmp_path, model, kind, backend, algo):
+@pytest.mark.timeout(480)
+@pytest.mark.parametrize("model,kind,backend,algo", DIFFUSERS_RUNS)
+def test_diffusers_parallel_model_takes_the_single_process_decisions(ranks, model, kind, backend, algo):
     """Same skipped middles (DBCache, TaylorSeer) or blocks (DBPrune) on both ranks as in one
     process, and the same output: the forecasts stay consistent across shards too."""
     from dist_worker import STEPS, algorithm, decisions, residual_shapes
@@ -92,8 +101,7 @@ def test_diffusers_parallel_model_takes_the_single_process_decisions(tmp_path, m
     ref_decisions = decisions(ref)
     skipped = sum(bool(s) for loop in ref_decisions for _, s in loop)
     assert 0 < skipped < STEPS - 1, ref_decisions
-    got, out, rank_shapes = run_ranks(tmp_path, "diffusers", kind, DIFFUSERS_THRESHOLD,
-                                      "--backend", backend, "--algo", algo, "--model", model)
+    got, out, rank_shapes = ranks[":".join((model, kind, backend, algo, str(DIFFUSERS_THRESHOLD)))]
     assert got[0] == got[1] == ref_decisions
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     # cached residuals are laid out like the activations they replace: a sequence shard per rank
