@@ -155,6 +155,21 @@ def _signature(args: Sequence[Any], watch: Sequence[int]) -> tuple:
     return tuple(sig)
 
 
+def layout_strides(shape: Sequence[int], stride: Sequence[int]) -> tuple:
+    """Strides, less those of size-1 dims: no index ever moves along such a dim, and Inductor's
+    entry check (``assert_size_stride``) ignores them too. FLUX's single blocks return slices of
+    one (1, text + image, D) tensor, strided (T*D, D, 1) where the first block's inputs are
+    (N*D, D, 1): a piece or region keyed on raw strides compiles twice for one layout."""
+    return tuple(s if n != 1 else None for n, s in zip(shape, stride))
+
+
+def _layout_key(sig: tuple) -> tuple:
+    """A raw ``_signature`` as the key of a compiled variant (``layout_strides``). Computed only
+    when a call's raw signature differs from the last one: the common call compares raw tuples."""
+    return tuple((a[0], layout_strides(a[0], a[1]), *a[2:]) if isinstance(a, tuple) and len(a) == 4
+                 and isinstance(a[0], torch.Size) else a for a in sig)
+
+
 def guarded_by_dynamo(node: fx.Node) -> bool:
     """A placeholder whose fake value has static sizes and strides: dynamo's tensor guards
     check exactly those (and dtype, device) before the graph runs, so the runner need not."""
@@ -278,9 +293,10 @@ class LazyCompiled:
         if self.scalars:  # their values are baked into the compiled piece
             sig += tuple(args[k].item() for k in self.scalars)
         if sig != self.last_sig:  # the common case: same layout as the last call
-            fn = self.fns.get(sig)
+            key = _layout_key(sig)
+            fn = self.fns.get(key)
             if fn is None:
-                fn = self.fns[sig] = self._compile(args)
+                fn = self.fns[key] = self._compile(args)
             self.last_sig, self.last_fn = sig, fn
         return self.last_fn(*args)
 

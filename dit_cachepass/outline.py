@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from .lower import layout_strides
 from .regions import _marker
 
 # a run of glue with fewer ops than this runs as Python code in the piece (one compile fewer)
@@ -64,20 +65,12 @@ def structure_key(graph: fx.Graph) -> tuple:
     return tuple(key)
 
 
-def _strides(t: torch.Tensor) -> tuple:
-    """Strides, less those of size-1 dims: no index ever moves along such a dim, and Inductor's
-    entry check (``assert_size_stride``) ignores them too. FLUX's single blocks return slices of
-    one (1, text + image, D) tensor, strided (T*D, D, 1) where the first block's inputs are
-    (N*D, D, 1); without this, the first single block compiled apart from the others."""
-    return tuple(s if n != 1 else None for n, s in zip(t.shape, t.stride()))
-
-
 def _layout(args: Sequence[Any]) -> tuple:
     """What a compiled region is specialized to besides its ops: each input's layout, and which
     inputs are the same tensor (a graph compiled for distinct inputs assumes no aliasing)."""
     first: dict[int, int] = {}
     same = tuple(first.setdefault(id(a), k) for k, a in enumerate(args))
-    return same + tuple((tuple(a.shape), _strides(a), a.dtype, a.device, a.requires_grad)
+    return same + tuple((tuple(a.shape), layout_strides(a.shape, a.stride()), a.dtype, a.device, a.requires_grad)
                         if isinstance(a, torch.Tensor) else ("value", a) for a in args)
 
 

@@ -219,6 +219,25 @@ def test_inductor_piece_recompiles_for_new_strides_instead_of_asserting():
     assert len(piece.fns) == 2
 
 
+def test_inductor_piece_ignores_strides_of_size_one_dims():
+    """A (1, 8, 4) slice of a (1, 10, 4) tensor is strided (40, 4, 1), a fresh one (32, 4, 1): the
+    same layout for every index, so one build serves both (as one region does, test_outline);
+    a batch of 2 sliced the same way is a different layout and gets its own."""
+    from dit_cachepass.lower import LazyCompiled
+
+    gm = torch.fx.symbolic_trace(lambda x: (x * 2 + 1,))
+    piece = LazyCompiled(gm, "inductor")
+    fresh, sliced = torch.randn(1, 8, 4), torch.randn(1, 10, 4)[:, 2:]
+    for x in (fresh, sliced, fresh):
+        torch.testing.assert_close(piece(x)[0], x * 2 + 1)
+    assert len(piece.fns) == 1
+    batch = torch.randn(2, 10, 4)[:, 2:]
+    torch.testing.assert_close(piece(batch)[0], batch * 2 + 1)
+    two = torch.randn(2, 8, 4)
+    torch.testing.assert_close(piece(two)[0], two * 2 + 1)
+    assert len(piece.fns) == 3
+
+
 def test_models_behind_a_diffusers_hook_get_their_own_dynamo_cache():
     """diffusers' HookRegistry (used by context parallelism) replaces ``forward`` with
     ``partial(new_forward, module)``: one code object for every hooked model. Each compiled
