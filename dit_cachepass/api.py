@@ -89,7 +89,10 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     benchmarks/RESULTS.md and docs/user_guide.md.
     """
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}")
+        hint = (": a pipeline; pass its transformer (dcp.compile(pipe.transformer, config)) or cache every "
+                "transformer of it with dcp.enable_cache(pipe, config)"
+                if isinstance(getattr(module, "components", None), dict) else "")
+        raise TypeError(f"dit_cachepass.compile expects an nn.Module, got {type(module).__name__}{hint}")
     if hasattr(module, _ATTR):
         disable(module)
     session = Session(cache_config, backend=backend, strict=strict, list_lengths=_list_lengths(module),
@@ -359,8 +362,9 @@ def generation(module: Any, num_inference_steps: Optional[int] = None):
 def branch(module: Any, name: str, step_index: Optional[int] = None):
     """``with dcp.branch(transformer, "uncond"):`` calls inside belong to the named branch
     (own reference, residuals and counters), whatever their order or timestep. "cond" is the
-    default branch. diffusers pipelines name their calls with ``cache_context`` already."""
-    with _session(module).branch_scope(name, step_index):
+    default branch. diffusers pipelines name their calls with ``cache_context`` already.
+    ``module`` may be a pipeline with one cached transformer."""
+    with _one_session(module).branch_scope(name, step_index):
         yield
 
 
@@ -396,6 +400,23 @@ def _session(obj: Any) -> Session:
     return s
 
 
+def _one_session(obj: Any) -> Session:
+    """The session of a cached module, or of a pipeline's one cached transformer (as cache-dit's
+    ``summary(pipe)`` takes the pipeline); a pipeline with several names them."""
+    if isinstance(obj, torch.nn.Module) or not isinstance(getattr(obj, "components", None), dict):
+        return _session(obj)
+    sessions = _cached_components(obj)
+    if len(sessions) == 1:
+        return sessions[0]
+    name = type(obj).__name__
+    if not sessions:
+        raise ValueError(f"{name} has no transformer cached by dit_cachepass: call dcp.enable_cache(pipe, config) "
+                         "first")
+    cached = [n for n, c in obj.components.items() if isinstance(c, torch.nn.Module) and _find_session(c) is not None]
+    raise ValueError(f"{name} has {len(cached)} cached transformers ({', '.join(cached)}), each with its own "
+                     f"state: pass one of them, e.g. dcp.summary(pipe.{cached[-1]})")
+
+
 def disable(module: torch.nn.Module) -> torch.nn.Module:
     """Restore the module's original forward and drop all cache state. On a
     ``torch.compile(..., backend="dit_cache")`` result: drop the state and compute every step
@@ -421,14 +442,16 @@ def disable(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def refresh(module: torch.nn.Module) -> None:
-    """Start a new generation at the next call (no cached value of the old one is reused)."""
-    _session(module).refresh()
+def refresh(module: Any) -> None:
+    """Start a new generation at the next call (no cached value of the old one is reused).
+    ``module``: a cached module, or a pipeline with one cached transformer."""
+    _one_session(module).refresh()
 
 
 def summary(module: Any) -> Summary:
-    """Per-loop cached/computed steps and diffs of the current generation."""
-    return Summary.from_session(_session(module))
+    """Per-loop cached/computed steps and diffs of the current generation. ``module``: a cached
+    module, or a pipeline with one cached transformer (with several, pass one of them)."""
+    return Summary.from_session(_one_session(module))
 
 
 # ``explain`` lives in .explain (imported last: it uses this module's helpers); re-exported here

@@ -31,6 +31,56 @@ def _type_fail(cls: str, name: str, value: Any, expected: str, hint: str = "") -
                           + (f"; {hint}" if hint else "") + ".")
 
 
+# cache-dit 1.5.3 fields with no counterpart here, and what does their job
+_CACHE_DIT_ONLY = {
+    "force_refresh_step_hint": "new generations are detected from the timestep (detect_new_generation=True), "
+                               "dcp.enable_cache(pipe) starts one per pipeline call, and dcp.refresh(module) "
+                               "forces one",
+    "force_refresh_step_policy": "see force_refresh_step_hint: new generations are detected from the timestep",
+    "force_reduce_calibrator_vram": "calibrator state is kept as cache-dit keeps it without that flag",
+    "calibrator_kwargs": "pass the calibrator's fields directly",
+}
+
+
+def _unknown_fields(cls: type, given: Sequence[str], who: Optional[str] = None) -> Optional[str]:
+    """The message for keyword arguments ``cls`` has no field for: the closest field name (or one
+    containing the name: ``threshold`` -> ``residual_diff_threshold``), or what replaces a
+    cache-dit field this library does not have. None when every name is a field."""
+    import difflib
+
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    parts = []
+    for name in given:
+        if name in fields:
+            continue
+        if name in _CACHE_DIT_ONLY:
+            parts.append(f"{name!r} is a cache-dit field dit_cachepass does not take: {_CACHE_DIT_ONLY[name]} "
+                         "(docs/migration_from_cache_dit.md)")
+            continue
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) or [
+            f for f in fields if name.lower() in f.lower()][:1]
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if not parts:
+        return None
+    return (f"{who or cls.__name__} got unexpected keyword argument(s): {'; '.join(parts)}. "
+            f"{cls.__name__}'s fields: {', '.join(fields)}")
+
+
+def _named_fields(cls: type) -> type:
+    """A dataclass whose ``__init__`` names the closest field for a misspelt keyword argument
+    (a plain dataclass raises only "unexpected keyword argument"). Applied below ``@dataclass``."""
+    init = cls.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        msg = _unknown_fields(cls, list(kwargs))
+        if msg is not None:
+            raise TypeError(msg)
+        init(self, *args, **kwargs)
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
 def _check_bool(cls: str, name: str, value: Any, allow_none: bool = False) -> None:
     if isinstance(value, bool) or (value is None and allow_none):
         return
@@ -96,6 +146,7 @@ def _check_int_list(cls: str, name: str, value: Any, expected: str) -> list:
     return [int(v) for v in value]
 
 
+@_named_fields
 @dataclass
 class DBCacheConfig:
     """Dual-Block Cache: always compute the first ``Fn_compute_blocks`` and last
@@ -196,6 +247,7 @@ class DBCacheConfig:
         return s
 
 
+@_named_fields
 @dataclass
 class DBPruneConfig(DBCacheConfig):
     """Dynamic Block Prune: every middle block decides on its own whether to reuse its last
@@ -245,6 +297,7 @@ def FBCacheConfig(residual_diff_threshold: float = 0.08, **kwargs: Any) -> DBCac
                          residual_diff_threshold=residual_diff_threshold, **kwargs)
 
 
+@_named_fields
 @dataclass
 class CalibratorConfig:
     """On cached steps, predict the middle's contribution instead of reusing it unchanged.
@@ -267,6 +320,7 @@ class CalibratorConfig:
         _check_str(name, "calibrator_cache_type", self.calibrator_cache_type, ("residual", "hidden_states"))
 
 
+@_named_fields
 @dataclass
 class TaylorSeerCalibratorConfig(CalibratorConfig):
     """TaylorSeer: a Taylor expansion built from finite differences over the last computed steps."""
@@ -285,6 +339,7 @@ class TaylorSeerCalibratorConfig(CalibratorConfig):
         return f"T1O{self.taylorseer_order}"
 
 
+@_named_fields
 @dataclass
 class FoCaCalibratorConfig(CalibratorConfig):
     """FoCa (forecast then calibrate): a Heun-rule forecast anchored at the last computed step,
@@ -328,11 +383,9 @@ class ParamsModifier:
                        "a TaylorSeerCalibratorConfig or FoCaCalibratorConfig (or None)")
         if not isinstance(self.overrides, dict):
             _type_fail("ParamsModifier", "overrides", self.overrides, "a dict of DBCacheConfig fields")
-        known = {f.name for f in dataclasses.fields(DBCacheConfig) if f.init}
-        unknown = sorted(set(self.overrides) - known)
-        if unknown:
-            raise ValueError(f"ParamsModifier got unknown DBCacheConfig field(s) {unknown}; "
-                             f"valid fields: {sorted(known)}")
+        unknown = _unknown_fields(DBCacheConfig, list(self.overrides), "ParamsModifier")
+        if unknown is not None:
+            raise ValueError(unknown)
         if self.cache_config is not None:
             self.cache_config.validate()
         if self.calibrator_config is not None:
@@ -347,6 +400,7 @@ class ParamsModifier:
         return dataclasses.replace(self.cache_config or base, **self.overrides)
 
 
+@_named_fields
 @dataclass
 class ParallelismConfig:
     """cache-dit's ``parallelism_config`` for ``enable_cache``: shard each transformer with

@@ -65,7 +65,10 @@ class Session:
                  process_group: Any = None, compile_options: Optional[CompileOptions] = None):
         self.config = config if config is not None else DBCacheConfig()
         if not isinstance(self.config, DBCacheConfig):
-            raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}")
+            hint = {dict: ": build one from the dict, dcp.DBCacheConfig(**d)",
+                    str: ": build one, e.g. dcp.DBCacheConfig(), dcp.FBCacheConfig() or dcp.DBPruneConfig()"
+                    }.get(type(self.config), "")
+            raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}{hint}")
         if calibrator_config is not None and not isinstance(calibrator_config, CalibratorConfig):
             raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig or FoCaCalibratorConfig, got "
                             f"{type(calibrator_config).__name__}")

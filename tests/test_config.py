@@ -61,8 +61,38 @@ def test_bad_backend_and_config_type():
     m = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="backend='tvm'"):
         dcp.compile(m, dcp.DBCacheConfig(), backend="tvm")
-    with pytest.raises(TypeError, match="DBCacheConfig"):
+    with pytest.raises(TypeError, match=r"DBCacheConfig.*DBCacheConfig\(\*\*d\)"):
         dcp.compile(m, {"Fn_compute_blocks": 1})
+    with pytest.raises(TypeError, match="FBCacheConfig"):
+        dcp.compile(m, "fbcache")
+
+
+@pytest.mark.parametrize("cls,kwargs,needle", [
+    (dcp.DBCacheConfig, {"threshold": 0.1}, "'threshold' (did you mean 'residual_diff_threshold'?)"),
+    (dcp.DBCacheConfig, {"Fn_compute_block": 1}, "did you mean 'Fn_compute_blocks'?"),
+    (dcp.DBPruneConfig, {"residual_diff_treshold": 0.1}, "did you mean 'residual_diff_threshold'?"),
+    (dcp.TaylorSeerCalibratorConfig, {"order": 2}, "did you mean 'taylorseer_order'?"),
+    (dcp.ParallelismConfig, {"ulysses": 2}, "did you mean 'ulysses_size'?"),
+    (dcp.FBCacheConfig, {"threshold": 0.2}, "did you mean 'residual_diff_threshold'?"),
+    (dcp.DBCacheConfig, {"force_refresh_step_hint": 10}, "cache-dit field dit_cachepass does not take"),
+    (dcp.DBCacheConfig, {"zzz": 1}, "'zzz'. DBCacheConfig's fields: Fn_compute_blocks"),
+])
+def test_misspelt_fields_name_the_closest_one(cls, kwargs, needle):
+    with pytest.raises(TypeError) as err:
+        cls(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_params_modifier_names_the_closest_field():
+    with pytest.raises(ValueError, match=r"ParamsModifier got .*'threshold' \(did you mean 'residual_diff_threshold'\?\)"):
+        dcp.ParamsModifier(threshold=0.1)
+
+
+def test_configs_keep_their_dataclass_signature():
+    import inspect
+
+    assert "residual_diff_threshold" in inspect.signature(dcp.DBCacheConfig).parameters
+    assert dcp.DBCacheConfig(2, 1).Bn_compute_blocks == 1  # positional arguments still bind
 
 
 def test_parallelism_config_validates_itself():

@@ -14,7 +14,7 @@ def test_params_modifier_changes_only_named_fields():
     c = dcp.ParamsModifier(residual_diff_threshold=0.1).apply(base)
     assert (c.Fn_compute_blocks, c.Bn_compute_blocks, c.threshold, c.max_warmup_steps) == (1, 1, 0.1, 2)
     assert dcp.ParamsModifier(cache_config=dcp.DBCacheConfig()).apply(base).Fn_compute_blocks == 8
-    with pytest.raises(ValueError, match="unknown DBCacheConfig field"):
+    with pytest.raises(ValueError, match="ParamsModifier got unexpected keyword argument.*'Fn' \\(did you mean 'Fn_compute_blocks'"):
         dcp.ParamsModifier(Fn=3)
     with pytest.raises(ValueError, match="Bn_compute_blocks"):
         dcp.ParamsModifier(Bn_compute_blocks=-1)
@@ -56,6 +56,8 @@ def test_enable_cache_caches_every_transformer_with_independent_state():
             pipe.transformer_2(**toy_inputs(s))
     assert dcp.summary(pipe.transformer).cached_steps and not dcp.summary(pipe.transformer_2).cached_steps
     assert pipe.transformer._dit_cachepass is not pipe.transformer_2._dit_cachepass
+    with pytest.raises(ValueError, match=r"2 cached transformers \(transformer, transformer_2\).*pipe.transformer_2"):
+        dcp.summary(pipe)  # which one: each has its own state
     dcp.disable_cache(pipe)
     assert not hasattr(pipe.transformer, "_dit_cachepass") and not hasattr(pipe.transformer_2, "_dit_cachepass")
 
@@ -66,6 +68,14 @@ def test_enable_cache_on_a_real_flux_pipeline_and_bad_input():
                         text_encoder_2=None, tokenizer_2=None, transformer=e.build())
     assert dcp.enable_cache(pipe, dcp.FBCacheConfig(0.5), backend="eager") is pipe
     assert hasattr(pipe.transformer, "_dit_cachepass")
+    # one cached transformer: the pipeline stands for it (as cache-dit's summary(pipe))
+    assert dcp.summary(pipe).config_tag == dcp.summary(pipe.transformer).config_tag
+    session = pipe.transformer._dit_cachepass
+    session._pending_reset = False
+    dcp.refresh(pipe)
+    assert session._pending_reset  # the next call starts a new generation
+    with pytest.raises(TypeError, match="a pipeline; pass its transformer"):
+        dcp.compile(pipe, dcp.DBCacheConfig())
     with pytest.raises(ValueError, match="2 entries but the pipeline has 1"):
         dcp.enable_cache(pipe, params_modifiers=[None, None])
     with pytest.raises(TypeError, match="pipeline or an nn.Module"):
