@@ -326,6 +326,13 @@ class Session:
         self.calls += 1
         if not self.enabled:
             self.unsure = "disabled"
+        elif torch.is_grad_enabled():  # a cached step would have no gradient through the skipped blocks
+            self.unsure = "grad"
+            self.warn_once(key="grad", msg=(
+                "a call with gradients enabled computes every block and leaves the cache untouched: a cached "
+                "step has no gradient through the blocks it skips, and keeping its tensors would keep their "
+                "autograd graphs alive. Run inference under torch.no_grad() or torch.inference_mode() (diffusers "
+                "pipelines do) to cache"))
 
     def end_call(self) -> None:
         """The call returned: keep what it changed (a call that needed no state is placed now,

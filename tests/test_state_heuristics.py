@@ -286,3 +286,22 @@ def test_a_dcp_compiled_module_and_its_state_are_freed_with_it(backend):
     del m, session
     gc.collect()
     assert res() is None and all(r() is None for r in refs)
+
+
+def test_calls_with_gradients_compute_and_leave_the_cache_alone():
+    """A cached step has no gradient through the blocks it skips (guidance by gradients, a
+    sampling loop written without no_grad): such calls compute every block, touch no state and
+    say so once; the next generation under no_grad caches as usual."""
+    m, ref = model(max_warmup_steps=0, residual_diff_threshold=1.0), plain()
+    calls = [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)]
+    with pytest.warns(UserWarning, match="gradients enabled computes every block") as rec:
+        outs = [m(**x) for x in calls]
+    assert sum("gradients enabled" in str(w.message) for w in rec) == 1
+    for o, x in zip(outs, calls):
+        assert o.requires_grad and torch.equal(o, ref(**x))
+    outs[-1].sum().backward()  # through every block of the last call, none skipped
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.blocks[len(m.blocks) // 2].ff.parameters())
+    assert not dcp.summary(m).cached_steps and not any(
+        st.buffers for st in m._dit_cachepass.states.values())
+    run(m, [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)])
+    assert dcp.summary(m).cached_steps  # the same calls under no_grad cache
