@@ -41,7 +41,7 @@ import torch.multiprocessing as mp
 
 import dit_cachepass as dcp
 from dit_cachepass.demo import build_flux, denoise, make_inputs
-from dit_cachepass.runtime import executor
+from dit_cachepass.runtime import middle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -93,7 +93,7 @@ def rank_worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     torch.set_num_threads(args.threads)
     allow_diffusers_parallelism_on_cpu()
     sync_seconds = [0.0]
-    inner = executor._global_ratio
+    inner = middle._global_ratio
 
     def timed_ratio(*a):  # the decision all-reduce, timed
         t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def rank_worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
         finally:
             sync_seconds[0] += time.perf_counter() - t0
 
-    executor._global_ratio = timed_ratio
+    middle._global_ratio = timed_ratio
     result = {}
     for cached in (False, True):
         m = make_model(args, cached, parallel=True)
