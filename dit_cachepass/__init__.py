@@ -37,7 +37,7 @@ from .flops import count_flops
 from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, FBCacheConfig, FoCaCalibratorConfig,
                      ParallelismConfig, ParamsModifier, TaylorSeerCalibratorConfig)
 from .patterns import ForwardPattern
-from .session import UnsupportedModelError
+from .session import ConcurrentCallError, UnsupportedModelError
 from .lower import CompileOptions
 from .stats import Summary
 from .tune import TuneReport, tune
@@ -48,5 +48,5 @@ __all__ = [
     "CalibratorConfig", "ParamsModifier", "ParallelismConfig", "ForwardPattern",
     "enable_cache", "disable_cache",
     "compile", "disable", "refresh", "summary", "generation", "branch", "explain", "ExplainReport", "LoopReport",
-    "Summary", "UnsupportedModelError", "count_flops", "tune", "TuneReport", "CompileOptions",
+    "Summary", "UnsupportedModelError", "ConcurrentCallError", "count_flops", "tune", "TuneReport", "CompileOptions",
 ]

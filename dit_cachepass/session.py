@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 import operator
 import pickle
 import warnings
@@ -37,6 +38,10 @@ def _scalar(t: Any) -> Optional[float]:
 
 class UnsupportedModelError(RuntimeError):
     """Raised in strict mode when the pass finds nothing it can cache."""
+
+
+class ConcurrentCallError(RuntimeError):
+    """A cached module called from two threads at once (its state follows one call sequence)."""
 
 
 @dataclass
@@ -133,6 +138,8 @@ class Session:
         self._direction: Optional[int] = None
         self._pending_reset = False
         self._depth = 0  # nesting of begin_call (forward wrapper, runners)
+        self._owner: Optional[int] = None  # the thread of the call in progress
+        self._call_lock = threading.Lock()  # begin_call's check-and-set of _depth / _owner
         self._snap: Optional[tuple] = None
         self._pending: Optional[tuple] = None  # (timestep, branch context) of a call not yet placed
         self._warned: set[str] = set()
@@ -277,11 +284,19 @@ class Session:
         when a state is first needed: reading a timestep that lives on a GPU is a host sync,
         which there coincides with the decision's own sync after the Fn blocks instead of
         stalling the launch of the glue and Fn blocks."""
-        if self._depth:
+        me = threading.get_ident()
+        with self._call_lock:
+            if self._depth and self._owner != me:
+                raise ConcurrentCallError(
+                    "dit_cachepass: this cached module was called from a second thread while a call was in "
+                    "progress; its cache state follows one sequence of denoising calls, and two interleaved "
+                    "sequences would read each other's residuals. Give each thread its own module "
+                    "(copy.deepcopy(module) caches on its own) or serialize the calls with a lock")
             self._depth += 1
-            return
+            if self._depth > 1:
+                return
+            self._owner = me
         self._snap = self._snapshot()
-        self._depth = 1
         self.unsure = None
         self._pending = (timestep, self._context)
 

@@ -305,3 +305,50 @@ def test_calls_with_gradients_compute_and_leave_the_cache_alone():
         st.buffers for st in m._dit_cachepass.states.values())
     run(m, [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)])
     assert dcp.summary(m).cached_steps  # the same calls under no_grad cache
+
+
+def test_a_second_thread_calling_mid_call_is_refused_and_the_first_call_is_unharmed():
+    """A server calling one cached module from two threads: the second call, made while the
+    first is in progress, would join it (nested calls do) and file its steps under the first
+    call's branch and step. It raises instead, naming the fix; the first call and the cache
+    state are those of a run without it; the same thread may call again afterwards, any thread
+    may call once no call is in progress."""
+    import threading
+
+    m, ref = model(max_warmup_steps=0), model(max_warmup_steps=0)
+    calls = [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)]
+    session = m._dit_cachepass
+    inside, tried = threading.Event(), threading.Event()
+    place = session.place
+    errors = []
+
+    def slow_place():  # the first call of thread A pauses inside, until thread B has tried
+        if threading.current_thread().name == "A" and not inside.is_set():
+            inside.set()
+            assert tried.wait(30)
+        place()
+
+    def second():
+        assert inside.wait(30)
+        try:
+            with torch.no_grad():
+                m(**calls[0])
+        except dcp.ConcurrentCallError as e:
+            errors.append(str(e))
+        finally:
+            tried.set()
+
+    session.place = slow_place
+    outs = []
+    a = threading.Thread(target=lambda: outs.extend(run(m, calls)), name="A")
+    b = threading.Thread(target=second, name="B")
+    a.start(), b.start()
+    a.join(60), b.join(60)
+    assert len(errors) == 1 and "second thread" in errors[0] and "copy.deepcopy" in errors[0]
+    expected = run(ref, calls)
+    assert len(outs) == 5 and all(torch.equal(o, e) for o, e in zip(outs, expected))
+    assert dcp.summary(m).cached_steps == dcp.summary(ref).cached_steps != []
+    again = []
+    t = threading.Thread(target=lambda: again.extend(run(m, calls)))  # no call in progress: any thread
+    t.start(), t.join(60)
+    assert all(torch.equal(o, e) for o, e in zip(again, run(ref, calls)))
