@@ -139,6 +139,7 @@ class Session:
         self._pending_reset = False
         self._depth = 0  # nesting of begin_call (forward wrapper, runners)
         self._owner: Optional[int] = None  # the thread of the call in progress
+        self._scope_owner: Optional[int] = None  # the thread of the generation scopes open
         self._call_lock = threading.Lock()  # begin_call's check-and-set of _depth / _owner
         self._snap: Optional[tuple] = None
         self._pending: Optional[tuple] = None  # (timestep, branch context) of a call not yet placed
@@ -249,8 +250,12 @@ class Session:
     @contextlib.contextmanager
     def generation_scope(self, num_inference_steps: Optional[int] = None) -> Iterator["Session"]:
         """Every call inside is a step of one new generation; the scope's end is a boundary too."""
+        me = threading.get_ident()
+        with self._call_lock:
+            self._check_thread(me)
+            self._scope_owner = me
+            self._scopes.append(num_inference_steps)
         self._pending_reset = True
-        self._scopes.append(num_inference_steps)
         try:
             yield self
         finally:
@@ -286,12 +291,7 @@ class Session:
         stalling the launch of the glue and Fn blocks."""
         me = threading.get_ident()
         with self._call_lock:
-            if self._depth and self._owner != me:
-                raise ConcurrentCallError(
-                    "dit_cachepass: this cached module was called from a second thread while a call was in "
-                    "progress; its cache state follows one sequence of denoising calls, and two interleaved "
-                    "sequences would read each other's residuals. Give each thread its own module "
-                    "(copy.deepcopy(module) caches on its own) or serialize the calls with a lock")
+            self._check_thread(me)
             self._depth += 1
             if self._depth > 1:
                 return
@@ -348,6 +348,17 @@ class Session:
                 "step has no gradient through the blocks it skips, and keeping its tensors would keep their "
                 "autograd graphs alive. Run inference under torch.no_grad() or torch.inference_mode() (diffusers "
                 "pipelines do) to cache"))
+
+    def _check_thread(self, me: int) -> None:
+        """A call or generation from a second thread while one of another thread is in progress
+        would join it (nested calls and scopes do): refused before anything is touched."""
+        if (self._depth and self._owner != me) or (self._scopes and self._scope_owner != me):
+            busy = "a call is" if self._depth and self._owner != me else "a generation (a pipeline call) is"
+            raise ConcurrentCallError(
+                f"dit_cachepass: this cached module was used from a second thread while {busy} in progress in "
+                "another; its cache state follows one sequence of denoising calls, and two interleaved sequences "
+                "would read each other's residuals. Give each thread its own module (copy.deepcopy(module), or "
+                "its own pipeline with a copied transformer, caches on its own) or serialize the calls with a lock")
 
     def end_call(self) -> None:
         """The call returned: keep what it changed (a call that needed no state is placed now,

@@ -352,3 +352,32 @@ def test_a_second_thread_calling_mid_call_is_refused_and_the_first_call_is_unhar
     t = threading.Thread(target=lambda: again.extend(run(m, calls)))  # no call in progress: any thread
     t.start(), t.join(60)
     assert all(torch.equal(o, e) for o, e in zip(again, run(ref, calls)))
+
+
+def test_a_second_thread_calling_between_the_steps_of_a_generation_is_refused():
+    """Two pipeline calls sharing one transformer in two threads interleave their steps without
+    overlapping a call: inside a generation (``enable_cache``'d pipeline calls, ``dcp.generation``)
+    a call or generation from another thread raises, and the generation in progress is unharmed."""
+    import threading
+
+    m, ref = model(max_warmup_steps=0), model(max_warmup_steps=0)
+    calls = [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)]
+    errors, outs = [], []
+
+    def other():
+        for use in (lambda: run(m, calls[:1]), lambda: dcp.generation(m).__enter__()):
+            try:
+                use()
+            except dcp.ConcurrentCallError as e:
+                errors.append(str(e))
+
+    with dcp.generation(m):
+        outs += run(m, calls[:2])
+        b = threading.Thread(target=other)
+        b.start(), b.join(60)
+        outs += run(m, calls[2:])
+    assert len(errors) == 2 and all("a generation (a pipeline call) is in progress" in e for e in errors)
+    with dcp.generation(ref):
+        expected = run(ref, calls)
+    assert all(torch.equal(o, e) for o, e in zip(outs, expected))
+    assert dcp.summary(m).cached_steps == dcp.summary(ref).cached_steps != []
