@@ -128,15 +128,16 @@ def test_cudagraphs_state_owns_what_it_keeps():
     with pytest.warns(UserWarning, match="with DBPrune have not been verified"):
         s = Session(dcp.DBPruneConfig(residual_diff_threshold=0.5, max_warmup_steps=0),
                     compile_options=CompileOptions(options={"triton.cudagraphs": True}))
-    s.begin_call(torch.tensor(1.0))
-    x = torch.randn(2, 4, 8)  # stands for a piece output in the graph pool
-    call = MiddleCall(s, "loop", s.config, None, 3, None, 0, x, None, [x])
-    call.computed([x + 1], [])
-    kept = x.clone()
-    x.fill_(7.0)  # the next replay overwrites the pool
-    state = next(iter(s.states.values()))
-    torch.testing.assert_close(state.buffers[3].reference, kept)
-    s.end_call()
+    with torch.no_grad():  # as every cached call runs (calls with gradients keep no state)
+        s.begin_call(torch.tensor(1.0))
+        x = torch.randn(2, 4, 8)  # stands for a piece output in the graph pool
+        call = MiddleCall(s, "loop", s.config, None, 3, None, 0, x, None, [x])
+        call.computed([x + 1], [])
+        kept = x.clone()
+        x.fill_(7.0)  # the next replay overwrites the pool
+        state = next(iter(s.states.values()))
+        torch.testing.assert_close(state.buffers[3].reference, kept)
+        s.end_call()
 
 
 @pytest.mark.parametrize("calibrated", [False, True])
