@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import threading
 import operator
 import pickle
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
