@@ -279,14 +279,16 @@ def enable_cache(pipe_or_module: Any, cache_config: Optional[DBCacheConfig] = No
     return pipe_or_module
 
 
-def _cached_components(pipe: Any) -> list[Session]:
+def _cached_components(pipe: Any) -> dict[str, Session]:
+    """The pipeline's cached transformers by component name, each session once (components
+    shared under two names keep the first)."""
     comps = getattr(pipe, "components", None)
     comps = comps if isinstance(comps, dict) else {}
-    out = []
-    for c in comps.values():
+    out: dict[str, Session] = {}
+    for name, c in comps.items():
         s = _find_session(c) if isinstance(c, torch.nn.Module) else None
-        if s is not None and s not in out:
-            out.append(s)
+        if s is not None and s not in out.values():
+            out[name] = s
     return out
 
 
@@ -319,7 +321,7 @@ def _wrap_pipeline(pipe: Any) -> None:
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         n = _num_inference_steps(sig, self, args, kwargs)
         with contextlib.ExitStack() as stack:
-            for s in _cached_components(self):
+            for s in _cached_components(self).values():
                 stack.enter_context(s.generation_scope(n))
             return base_call(self, *args, **kwargs)
 
@@ -349,7 +351,8 @@ def generation(module: Any, num_inference_steps: Optional[int] = None):
     use; ``enable_cache(pipe)`` does this for every pipeline call. ``module``: a module from
     ``dcp.compile``/``enable_cache``/``torch.compile(backend="dit_cache")``, or a pipeline
     (every cached transformer)."""
-    sessions = [_session(module)] if isinstance(module, torch.nn.Module) else _cached_components(module)
+    sessions = ([_session(module)] if isinstance(module, torch.nn.Module)
+                else list(_cached_components(module).values()))
     if not sessions:
         raise ValueError(f"{type(module).__name__} has no module cached by dit_cachepass")
     with contextlib.ExitStack() as stack:
@@ -405,16 +408,15 @@ def _one_session(obj: Any) -> Session:
     ``summary(pipe)`` takes the pipeline); a pipeline with several names them."""
     if isinstance(obj, torch.nn.Module) or not isinstance(getattr(obj, "components", None), dict):
         return _session(obj)
-    sessions = _cached_components(obj)
-    if len(sessions) == 1:
-        return sessions[0]
+    cached = _cached_components(obj)
+    if len(cached) == 1:
+        return next(iter(cached.values()))
     name = type(obj).__name__
-    if not sessions:
+    if not cached:
         raise ValueError(f"{name} has no transformer cached by dit_cachepass: call dcp.enable_cache(pipe, config) "
                          "first")
-    cached = [n for n, c in obj.components.items() if isinstance(c, torch.nn.Module) and _find_session(c) is not None]
     raise ValueError(f"{name} has {len(cached)} cached transformers ({', '.join(cached)}), each with its own "
-                     f"state: pass one of them, e.g. dcp.summary(pipe.{cached[-1]})")
+                     f"state: pass one of them, e.g. dcp.summary(pipe.{list(cached)[-1]})")
 
 
 def disable(module: torch.nn.Module) -> torch.nn.Module:

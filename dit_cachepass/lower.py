@@ -141,17 +141,22 @@ def compile_whole(gm: fx.GraphModule, example_inputs: Sequence[Any], backend: st
     return compile_fx(gm, example_inputs, config_patches=patches or None)
 
 
-def _signature(args: Sequence[Any], watch: Sequence[int]) -> tuple:
+def _signature(args: Sequence[Any], watch: Sequence[int], key: bool = False) -> tuple:
     """Inductor specializes on strides too (and asserts them on entry): a piece fed once by a
     computed middle and once by a cached residual apply may see the same shape laid out
     differently (e.g. a view out of an all-to-all under context parallelism). Only the
     ``watch``ed positions are read: the rest (parameters, static graph inputs) are guarded by
     dynamo before the runner is ever called, so reading them on every call would be wasted
-    work that grows with the model."""
+    work that grows with the model. ``key``: the key of a compiled variant, strides of size-1
+    dims left out (``layout_strides``); the common call compares the raw signature with the
+    last call's and builds the key only when they differ."""
     sig = []
     for k in watch:
         a = args[k]
-        sig.append((a.shape, a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else a)
+        if isinstance(a, torch.Tensor):
+            sig.append((a.shape, layout_strides(a.shape, a.stride()) if key else a.stride(), a.dtype, a.device))
+        else:
+            sig.append(a)
     return tuple(sig)
 
 
@@ -161,13 +166,6 @@ def layout_strides(shape: Sequence[int], stride: Sequence[int]) -> tuple:
     one (1, text + image, D) tensor, strided (T*D, D, 1) where the first block's inputs are
     (N*D, D, 1): a piece or region keyed on raw strides compiles twice for one layout."""
     return tuple(s if n != 1 else None for n, s in zip(shape, stride))
-
-
-def _layout_key(sig: tuple) -> tuple:
-    """A raw ``_signature`` as the key of a compiled variant (``layout_strides``). Computed only
-    when a call's raw signature differs from the last one: the common call compares raw tuples."""
-    return tuple((a[0], layout_strides(a[0], a[1]), *a[2:]) if isinstance(a, tuple) and len(a) == 4
-                 and isinstance(a[0], torch.Size) else a for a in sig)
 
 
 def guarded_by_dynamo(node: fx.Node) -> bool:
@@ -293,7 +291,7 @@ class LazyCompiled:
         if self.scalars:  # their values are baked into the compiled piece
             sig += tuple(args[k].item() for k in self.scalars)
         if sig != self.last_sig:  # the common case: same layout as the last call
-            key = _layout_key(sig)
+            key = _signature(args, self.watch, key=True) + sig[len(self.watch):]
             fn = self.fns.get(key)
             if fn is None:
                 fn = self.fns[key] = self._compile(args)

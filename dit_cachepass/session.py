@@ -352,8 +352,9 @@ class Session:
     def _check_thread(self, me: int) -> None:
         """A call or generation from a second thread while one of another thread is in progress
         would join it (nested calls and scopes do): refused before anything is touched."""
-        if (self._depth and self._owner != me) or (self._scopes and self._scope_owner != me):
-            busy = "a call is" if self._depth and self._owner != me else "a generation (a pipeline call) is"
+        in_call = bool(self._depth) and self._owner != me
+        if in_call or (self._scopes and self._scope_owner != me):
+            busy = "a call is" if in_call else "a generation (a pipeline call) is"
             raise ConcurrentCallError(
                 f"dit_cachepass: this cached module was used from a second thread while {busy} in progress in "
                 "another; its cache state follows one sequence of denoising calls, and two interleaved sequences "
