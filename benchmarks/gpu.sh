@@ -92,7 +92,7 @@ if want aot; then
   read -r AOT_RC AOT_S < "$LOG/aot.rc"
   record aot "$AOT_RC" "$AOT_S" "${AOT[@]}"
 fi
-run kernels 60 $PY benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps "$PEAK"
+run kernels 60 $PY benchmarks/kernel_bench.py --sizes flux --dtype bf16 --peak-gbps "$PEAK"
 run overhead 140 $PY benchmarks/overhead.py --device cuda --rounds 20 --calls 10 \
   --variants "$OVERHEAD_VARIANTS" --breakdown --profile --results "$RESULTS"
 run e2e $((E2E_BUDGET + 20)) $PY benchmarks/e2e.py --model gpu --device cuda --dtype bf16 --steps 20 --repeats 3 --warmup-gens 1 \

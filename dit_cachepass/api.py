@@ -13,7 +13,7 @@ import torch
 from .backend import register, session_for_options, session_of
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .lower import CompileOptions
-from .paths import ModulePaths
+from .paths import ModulePaths, nested_key
 from .parallel import decision_group, enable_parallelism
 from .session import Session, UnsupportedModelError
 from .stats import Summary
@@ -67,8 +67,9 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     ``strict=True`` raises instead of running uncached when no loop can be cached.
     ``path``: "auto" (the graph path; if graph breaks keep the loop out of every graph, a retry
     with dynamo's scalar capture, then the block path), "graph" or "block" to force one.
-    ``calibrator_config``: ``TaylorSeerCalibratorConfig`` or ``FoCaCalibratorConfig`` forecasts
-    the middle's residual on cached steps instead of reusing it unchanged.
+    ``calibrator_config``: ``TaylorSeerCalibratorConfig``, ``FoCaCalibratorConfig`` or
+    ``DMDCalibratorConfig`` forecasts the middle's residual on cached steps instead of reusing
+    it unchanged.
     ``params_modifiers[k]`` overrides the config of the k-th cached loop (graph order, as
     ``explain`` lists them); a single ``ParamsModifier`` applies to every loop.
     ``process_group``: when each rank holds a shard of the activations (context parallelism),
@@ -124,6 +125,7 @@ class CachedForward:
     def __init__(self, module: torch.nn.Module, session: Session, path: str = "auto", start: bool = False):
         self.module, self.session, self.path = module, session, path
         self.timestep_of: Optional[Callable[[tuple, dict], Any]] = None
+        self.nested_key = nested_key(module, session)  # names this module to an outer torch.compile
         if start:  # dcp.compile: set up now (a copy or a loaded module: on its first call)
             self._start()
 
@@ -137,7 +139,7 @@ class CachedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # traced by an outer torch.compile: warns, runs uncached
-            return ModulePaths.nested_call(self.__wrapped__, args, kwargs)
+            return ModulePaths.nested_call(self.__wrapped__, args, kwargs, self.nested_key)
         session = self.session
         compiled = session.paths if session.paths is not None else self._start()
         # one call of the module = one step of one branch, whatever graphs dynamo splits it into

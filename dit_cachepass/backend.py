@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -81,6 +82,14 @@ def session_for_options(options: Optional[dict], mode: Optional[str] = None) -> 
     """A new session built from torch.compile's ``options`` (validated here): the cache's own
     keys, ``mode`` (torch.compile does not take ``mode=`` together with ``options=``), and any
     ``torch._inductor.config`` setting, which reaches Inductor for every piece."""
+    if options is not None and not isinstance(options, Mapping):
+        t = type(options)
+        got = t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+        raise TypeError(
+            f"torch.compile(..., backend='dit_cache', options=...) expects options to be a dict, got {got} "
+            f"{_short_repr(options)}: pass options={{'cache_config': dcp.DBCacheConfig(...)}} (keys: "
+            f"{', '.join(sorted(_OPTION_KEYS | {'mode'}))}, or torch._inductor.config settings), "
+            "or use dcp.compile(module, cache_config)")
     options = dict(options) if options is not None else {}
     mode = options.pop("mode", mode)
     inductor = {k: v for k, v in options.items() if k not in _OPTION_KEYS}
@@ -93,6 +102,11 @@ def session_for_options(options: Optional[dict], mode: Optional[str] = None) -> 
                    strict=options.get("strict", False), calibrator_config=options.get("calibrator_config"),
                    compile_options=CompileOptions(mode=mode, options=inductor,
                                                   lowering=options.get("lowering", "full")))
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 _PARAM = re.compile(r"^l_(self|fn_args_0)_.*_(parameters|buffers)_")

@@ -39,6 +39,12 @@ _CACHE_DIT_ONLY = {
     "force_refresh_step_policy": "see force_refresh_step_hint: new generations are detected from the timestep",
     "force_reduce_calibrator_vram": "calibrator state is kept as cache-dit keeps it without that flag",
     "calibrator_kwargs": "pass the calibrator's fields directly",
+    "downsample_factor": "the diff reads the whole Fn residual in the same fused pass that computes it, and the "
+                         "residual is kept whole anyway (it is what a cached step's checks compare), so a strided "
+                         "diff would save no memory here; drop the field",
+    "important_condition_threshold": "not supported: the decision is one relative L1 diff over all tokens; to "
+                                     "guard regions that change more, lower residual_diff_threshold, or use "
+                                     "forecast_check=True with a calibrator (the diff is then the forecast's error)",
 }
 
 
@@ -134,6 +140,19 @@ def _check_float(cls: str, name: str, value: Any, lo: float, allow_none: bool = 
         _fail(cls, name, value, expected)
 
 
+def _plain_numbers(config: Any) -> None:
+    """Store numeric fields as Python numbers: a numpy / other ``numbers.Integral`` (not a bool)
+    becomes an ``int``, a non-float ``numbers.Real`` a ``float``, so ``np.int64(2)`` passed for
+    ``Fn_compute_blocks`` reads back as ``2`` (reprs, ``strify`` tags, JSON, ``==`` against
+    ints and everything downstream see a plain number). Runs first in each base ``validate()``,
+    over every field of the (sub)class; values of other types are left to the checks."""
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, bool) or type(v) in (int, float) or not isinstance(v, numbers.Real):
+            continue
+        setattr(config, f.name, int(v) if isinstance(v, numbers.Integral) else float(v))
+
+
 def _check_int_list(cls: str, name: str, value: Any, expected: str) -> list:
     """A list/tuple of ints (not bools, strings or tensors); returns it as a list."""
     if isinstance(value, torch.Tensor):
@@ -181,6 +200,11 @@ class DBCacheConfig:
     #: start a new generation when the timestep input jumps back against its direction
     #: (up for count-down schedulers, down for Lumina2-style count-up ones).
     detect_new_generation: bool = True
+    #: a checked forecast: compare the Fn residual with the calibrator's FORECAST of it, not with
+    #: the last computed step's, so a step is skipped only while the forecaster is right about the
+    #: blocks it can see (its error there tracks its error on the middle). Needs a calibrator;
+    #: without one the forecast is the last computed residual, i.e. plain DBCache.
+    forecast_check: bool = False
 
     cache_type: str = field(default="DBCache", init=False)
 
@@ -191,6 +215,7 @@ class DBCacheConfig:
         """Check every field (type and range); raises ``TypeError`` / ``ValueError`` naming it.
         Runs on construction and again when the config is compiled, so fields assigned after
         construction are checked too."""
+        _plain_numbers(self)
         name = type(self).__name__
         _check_int(name, "Fn_compute_blocks", self.Fn_compute_blocks, 1)
         _check_int(name, "Bn_compute_blocks", self.Bn_compute_blocks, 0)
@@ -214,6 +239,7 @@ class DBCacheConfig:
         _check_str(name, "steps_computation_policy", self.steps_computation_policy, ("dynamic", "static"))
         _check_str(name, "loop_layout", self.loop_layout, ("auto", "per_list", "chain"))
         _check_bool(name, "detect_new_generation", self.detect_new_generation)
+        _check_bool(name, "forecast_check", self.forecast_check)
         if not self.cfg_diff_compute_separate and self.cfg_compute_first:
             _fail(name, "cfg_compute_first", True,
                   "False when cfg_diff_compute_separate=False (the CFG branch reuses the cond branch's diff, "
@@ -244,6 +270,8 @@ class DBCacheConfig:
             s += f"_SCM{''.join(map(str, self.steps_computation_mask))}_{self.steps_computation_policy}"
         if self.num_inference_steps is not None:
             s += f"_N{self.num_inference_steps}"
+        if self.forecast_check:
+            s += "_FC"
         return s
 
 
@@ -314,6 +342,7 @@ class CalibratorConfig:
 
     def validate(self) -> None:
         """Check every field (type and range); raises ``TypeError`` / ``ValueError`` naming it."""
+        _plain_numbers(self)
         name = type(self).__name__
         _check_bool(name, "enable_calibrator", self.enable_calibrator)
         _check_bool(name, "enable_encoder_calibrator", self.enable_encoder_calibrator)
@@ -353,6 +382,40 @@ class FoCaCalibratorConfig(CalibratorConfig):
         return "FoCa"
 
 
+@_named_fields
+@dataclass
+class DMDCalibratorConfig(CalibratorConfig):
+    """DMD (dynamic mode decomposition, the SVD form of Prony's method): fit a linear
+    propagator to the last ``dmd_history`` computed steps and extrapolate by powers of its
+    eigenvalues (sums of damped/oscillating exponentials). Needs 4 evenly spaced computed
+    steps; before that it is TaylorSeer of order 1.
+    ``dmd_rank``: SVD truncation rank (0: keep singular values above 1e-4 of the largest);
+    ``dmd_ridge``: added to the singular values before inverting them;
+    ``dmd_svd_precision``: "medium" (LAPACK/cuSOLVER default), "low" (randomised
+    ``torch.svd_lowrank``, seeded), "high" (the ``gesvd`` driver on CUDA; "medium" elsewhere)."""
+
+    dmd_history: int = 6
+    dmd_rank: int = 0
+    dmd_ridge: float = 1e-8
+    dmd_svd_precision: Literal["low", "medium", "high"] = "medium"
+
+    def __post_init__(self) -> None:
+        self.calibrator_type = "dmd"
+        super().__post_init__()
+
+    def validate(self) -> None:
+        super().validate()
+        name = type(self).__name__
+        _check_int(name, "dmd_history", self.dmd_history, 1)
+        _check_int(name, "dmd_rank", self.dmd_rank, 0)
+        _check_float(name, "dmd_ridge", self.dmd_ridge, 0.0)
+        _check_str(name, "dmd_svd_precision", self.dmd_svd_precision, ("low", "medium", "high"))
+
+    def strify(self) -> str:
+        tag = f"DMDH{self.dmd_history}"
+        return tag if self.dmd_svd_precision == "medium" else tag + self.dmd_svd_precision[0]
+
+
 @dataclass
 class ParamsModifier:
     """Per-loop overrides, matched to a transformer's cached loops by position (in graph order).
@@ -380,7 +443,7 @@ class ParamsModifier:
             _type_fail("ParamsModifier", "cache_config", self.cache_config, "a DBCacheConfig or DBPruneConfig (or None)")
         if self.calibrator_config is not None and not isinstance(self.calibrator_config, CalibratorConfig):
             _type_fail("ParamsModifier", "calibrator_config", self.calibrator_config,
-                       "a TaylorSeerCalibratorConfig or FoCaCalibratorConfig (or None)")
+                       "a TaylorSeerCalibratorConfig, FoCaCalibratorConfig or DMDCalibratorConfig (or None)")
         if not isinstance(self.overrides, dict):
             _type_fail("ParamsModifier", "overrides", self.overrides, "a dict of DBCacheConfig fields")
         unknown = _unknown_fields(DBCacheConfig, list(self.overrides), "ParamsModifier")
@@ -427,6 +490,7 @@ class ParallelismConfig:
 
     def validate(self) -> None:
         """Check every field (type and range); raises ``TypeError`` / ``ValueError`` naming it."""
+        _plain_numbers(self)
         name = type(self).__name__
         for f in ("ulysses_size", "ring_size", "tp_size"):
             _check_int(name, f, getattr(self, f), 1, allow_none=True)

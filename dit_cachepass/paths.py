@@ -37,11 +37,39 @@ NESTED = ("a dcp.compile'd module is being traced by an outer torch.compile (tor
           f"outputs stay exact); {NESTED_FIX}")
 
 
+# nested_key(session) -> session, for warn_nested: a comptime function takes no arguments and
+# reads the key (a constant string) from the traced frame's locals
+_NESTED_SESSIONS: "weakref.WeakValueDictionary[str, Session]" = weakref.WeakValueDictionary()
+
+
+def nested_key(module: Any, session: Session) -> str:
+    """A constant string naming ``module``'s session. ``CachedForward`` reads it while an outer
+    torch.compile traces it: dynamo guards on the value, so every compiled module is traced
+    (and warned about) on its own, even where the outer compile would reuse another module's
+    code (same class, parameters as graph inputs)."""
+    key = f"{type(module).__name__}@{id(session):x}"
+    _NESTED_SESSIONS[key] = session
+    return key
+
+
 def warn_nested(ctx: Any = None) -> None:
     """Run by ``comptime`` while an outer torch.compile traces a compiled module's forward:
-    once per trace, at compile time, without a graph break (``fullgraph=True`` keeps working);
-    Python's default warning filter then shows it once."""
-    warnings.warn(f"dit_cachepass: {NESTED}", stacklevel=2)
+    at compile time, without a graph break (``fullgraph=True`` keeps working). Once per
+    module (its session's ``warn_once``, shown even when another module showed the same text:
+    Python's default filter would show it once per process, and a second nested module would
+    run uncached without a word)."""
+    key = None
+    try:
+        key = ctx.get_local("nested_key").as_python_constant()
+    except Exception:  # noqa: BLE001 - an older/newer comptime API: warn without the module
+        pass
+    session = _NESTED_SESSIONS.get(key) if isinstance(key, str) else None
+    if session is None:
+        warnings.warn(f"dit_cachepass: {NESTED}", stacklevel=2)
+        return
+    name = key.rsplit("@", 1)[0]
+    session.warn_once(NESTED.replace("a dcp.compile'd module", f"a dcp.compile'd {name}", 1), key="nested",
+                      distinct=True)
 
 
 def check_path(path: str) -> str:
@@ -207,11 +235,12 @@ class ModulePaths:
         return out
 
     @staticmethod
-    def nested_call(forward: Callable, args: tuple, kwargs: dict) -> Any:
+    def nested_call(forward: Callable, args: tuple, kwargs: dict, nested_key: Optional[str] = None) -> Any:
         """A call traced by an outer torch.compile (``torch.compiler.is_compiling()``): dynamo
         would inline this module's own compiled forward and ignore its backend, so no cached
         graph could run and the call would look like a recompile-limit fallback. Instead the
-        plain ``forward`` is traced (exact, never stale) and ``NESTED`` warns at compile time."""
+        plain ``forward`` is traced (exact, never stale) and ``NESTED`` warns at compile time,
+        once per module (``nested_key``: see ``nested_key()``)."""
         comptime(warn_nested)
         return forward(*args, **kwargs)
 

@@ -9,6 +9,7 @@ import copy
 import logging
 import operator
 import pickle
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ class Session:
                     }.get(type(self.config), "")
             raise TypeError(f"cache_config must be a DBCacheConfig, got {type(self.config).__name__}{hint}")
         if calibrator_config is not None and not isinstance(calibrator_config, CalibratorConfig):
-            raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig or FoCaCalibratorConfig, got "
-                            f"{type(calibrator_config).__name__}")
+            raise TypeError("calibrator_config must be a TaylorSeerCalibratorConfig, FoCaCalibratorConfig or "
+                            f"DMDCalibratorConfig, got {type(calibrator_config).__name__}")
         if not isinstance(strict, bool):
             hint = "; pass True or False, not a string" if isinstance(strict, str) else ""
             raise TypeError(f"strict={strict!r} is invalid: expected a bool, got {type(strict).__name__}{hint}")
@@ -554,14 +555,27 @@ class Session:
         warnings.warn(f"dit_cachepass: {err}; {consequence}. Please report it with the model class.",
                       stacklevel=4)
 
-    def warn_once(self, msg: str, key: Optional[str] = None) -> None:
+    def warn_once(self, msg: str, key: Optional[str] = None, distinct: bool = False) -> None:
         """Warn once per session and ``key`` (default: the message). Never raises, not even
-        with strict=True: these warnings are about state, not about what can be cached."""
+        with strict=True: these warnings are about state, not about what can be cached.
+        ``distinct``: shown for this session even if another session already showed the same
+        text from the same place (Python's default filter shows that once per process); the
+        warning filters still apply (``ignore`` / ``error`` / ``once``)."""
         key = msg if key is None else key
         if key in self._warned:
             return
         self._warned.add(key)
-        warnings.warn(f"dit_cachepass: {msg}", stacklevel=4)
+        if not distinct:
+            warnings.warn(f"dit_cachepass: {msg}", stacklevel=4)
+            return
+        try:
+            frame = sys._getframe(3)  # where warnings.warn(stacklevel=4) would point
+        except ValueError:
+            frame = sys._getframe(0)
+        warnings.warn_explicit(f"dit_cachepass: {msg}", UserWarning, frame.f_code.co_filename, frame.f_lineno,
+                               module=frame.f_globals.get("__name__", "dit_cachepass"),
+                               registry={},  # a fresh per-location registry: not hidden by another session's
+                               module_globals=frame.f_globals)
 
     def warn(self, msg: str) -> None:
         if self.strict:

@@ -60,6 +60,21 @@ def test_options_are_validated():
     assert CompileOptions(mode="reduce-overhead", options={"triton.cudagraphs": False}).cudagraphs is False
 
 
+@pytest.mark.parametrize("options", [[dcp.DBCacheConfig(**CFG)], [("cache_config", dcp.DBCacheConfig(**CFG))],
+                                     "cache_config", 3])
+def test_backend_options_not_a_dict_name_options_and_the_fix(options):
+    """Not a dict: dynamo wraps the backend's error in BackendCompilerFailed, whose message
+    must still say that ``options`` is the culprit and what it takes."""
+    m = torch.compile(_model(), backend="dit_cache", options=options)
+    with pytest.raises(Exception) as err:
+        _run(m, 1)
+    msg = str(err.value)
+    assert "options" in msg and "expects options to be a dict" in msg, msg
+    assert "options={'cache_config': dcp.DBCacheConfig(...)}" in msg, msg
+    with pytest.raises(TypeError, match=r"options to be a dict, got (list|str|int)"):
+        dcp.backend.session_for_options(options)
+
+
 def test_dcp_compile_options_reach_inductor_for_every_piece():
     spy = Spy()
     m = dcp.compile(_model(), dcp.DBCacheConfig(**CFG), options={"post_grad_custom_post_pass": spy,

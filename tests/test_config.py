@@ -76,6 +76,8 @@ def test_bad_backend_and_config_type():
     (dcp.FBCacheConfig, {"threshold": 0.2}, "did you mean 'residual_diff_threshold'?"),
     (dcp.DBCacheConfig, {"force_refresh_step_hint": 10}, "cache-dit field dit_cachepass does not take"),
     (dcp.DBCacheConfig, {"zzz": 1}, "'zzz'. DBCacheConfig's fields: Fn_compute_blocks"),
+    (dcp.DBCacheConfig, {"downsample_factor": 4}, "strided diff would save no memory here"),
+    (dcp.DBCacheConfig, {"important_condition_threshold": 0.2}, "forecast_check=True"),
 ])
 def test_misspelt_fields_name_the_closest_one(cls, kwargs, needle):
     with pytest.raises(TypeError) as err:
@@ -199,6 +201,42 @@ def test_numeric_like_values_still_accepted():
     c = dcp.DBCacheConfig(residual_diff_threshold=0, max_accumulated_residual_diff_threshold=1)
     assert c.threshold == 0.0
     assert dcp.DBCacheConfig(enable_separate_cfg=None).enable_separate_cfg is None
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (dcp.DBCacheConfig, dict(Fn_compute_blocks=2, Bn_compute_blocks=1, max_warmup_steps=3, warmup_interval=2,
+                             max_cached_steps=5, max_continuous_cached_steps=2, num_inference_steps=20)),
+    (dcp.DBPruneConfig, dict(Fn_compute_blocks=2, max_warmup_steps=3)),
+    (dcp.TaylorSeerCalibratorConfig, dict(taylorseer_order=2)),
+    (dcp.DMDCalibratorConfig, dict(dmd_history=5, dmd_rank=2)),
+    (dcp.ParallelismConfig, dict(tp_size=2)),
+    (dcp.ParallelismConfig, dict(ulysses_size=2, ring_size=1)),
+])
+@pytest.mark.parametrize("np_int", ["int64", "int32", "uint8"])
+def test_numpy_ints_are_stored_as_plain_ints(cls, kwargs, np_int):
+    np = pytest.importorskip("numpy")
+    c = cls(**{k: getattr(np, np_int)(v) for k, v in kwargs.items()})
+    for k, v in kwargs.items():
+        got = getattr(c, k)
+        assert type(got) is int and got == v, f"{cls.__name__}.{k} stored as {type(got).__name__}"
+    assert "numpy" not in repr(c) and "np." not in repr(c)
+
+
+def test_numpy_numbers_are_normalised_after_mutation_and_in_modifiers():
+    np = pytest.importorskip("numpy")
+    c = dcp.DBCacheConfig(residual_diff_threshold=np.float32(0.25), max_accumulated_residual_diff_threshold=np.float64(1))
+    assert type(c.residual_diff_threshold) is float and c.residual_diff_threshold == 0.25
+    assert type(c.max_accumulated_residual_diff_threshold) is float
+    c.Fn_compute_blocks = np.int64(4)  # assigned after construction: validate() (run by compile) normalises
+    c.validate()
+    assert type(c.Fn_compute_blocks) is int and c.strify().startswith("DBCache_F4B0")
+    applied = dcp.ParamsModifier(Fn_compute_blocks=np.int64(3)).apply(dcp.DBCacheConfig())
+    assert type(applied.Fn_compute_blocks) is int and applied.Fn_compute_blocks == 3
+    d = dcp.DMDCalibratorConfig(dmd_ridge=np.float32(0.5))
+    assert type(d.dmd_ridge) is float
+    # bools and numpy bools are not numbers here, before or after
+    with pytest.raises(TypeError):
+        dcp.DBCacheConfig(Fn_compute_blocks=np.bool_(True))
 
 
 def test_params_modifier_rejects_non_config_values():

@@ -72,6 +72,30 @@ def test_torch_compile_over_dcp_compile_warns_accurately_and_stays_exact():
     assert rep.cached and any("instead of nesting" in n for n in rep.notes), str(rep)
 
 
+def test_torch_compile_over_dcp_compile_warns_for_each_module():
+    """Python's default filter shows a given text once per code location: the nesting warning
+    must still reach the user for a second nested module (each module runs uncached), and
+    stay once per module however many times it is traced or called."""
+    cfg = dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=10.0,
+                            max_warmup_steps=0)
+    mods = []
+    for _ in range(2):
+        m = ToyDiT().eval()
+        dcp.compile(m, cfg, backend="eager")
+        mods.append(m)
+    with warnings.catch_warnings(record=True) as rec, torch.no_grad():
+        warnings.simplefilter("default")  # Python's own default: once per text and location
+        for m in mods:
+            outer = torch.compile(m, backend="eager")
+            for s in range(3):
+                outer(**toy_inputs(s))
+        # the same module nested again (a new outer compile): no second warning for it
+        torch.compile(mods[0], backend="eager")(**toy_inputs(0))
+    msgs = [str(w.message) for w in rec if "outer torch.compile" in str(w.message)]
+    assert len(msgs) == 2, msgs
+    assert all("ToyDiT" in x for x in msgs), msgs
+
+
 def test_cli_explain_tiny_class(capsys):
     assert cli.main(["explain", "--model", "FluxTransformer2DModel", "--tiny", "--fn", "1", "--bn", "0"]) == 0
     out = capsys.readouterr().out

@@ -111,4 +111,9 @@ def make_calibrator(config: Optional[CalibratorConfig]) -> Optional[Calibrator]:
         return TaylorSeerCalibrator(config)
     if config.calibrator_type == "foca":
         return FoCaCalibrator(config)
-    raise ValueError(f"calibrator_type={config.calibrator_type!r} is not supported: expected 'taylorseer' or 'foca'.")
+    if config.calibrator_type == "dmd":
+        from .dmd import DMDCalibrator  # imported here: dmd.py builds on this module
+
+        return DMDCalibrator(config)
+    raise ValueError(f"calibrator_type={config.calibrator_type!r} is not supported: "
+                     "expected 'taylorseer', 'foca' or 'dmd'.")

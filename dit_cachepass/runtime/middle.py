@@ -12,6 +12,7 @@ import torch
 
 from ..config import CalibratorConfig, DBCacheConfig
 from ..kernels import apply_residuals, backend_for, fused_residual_diff, rel_l1_diff
+from .state import GUIDE_STREAM
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -66,6 +67,13 @@ def _folded_diff(measured: torch.Tensor, ref: torch.Tensor, buf: "Buffer",
     return num / d if d > 0 else math.inf
 
 
+def _checked_diff(measured: torch.Tensor, forecast: torch.Tensor, buf: "Buffer") -> float:
+    """``forecast_check`` on a folded step: sum|measured - forecast| / sum|forecast|, NaN when the
+    stored step was not finite (its poison), so that step computes."""
+    poison = float(buf.den[1]) if buf.den is not None else 0.0
+    return float(rel_l1_diff(measured, forecast)) + poison
+
+
 class MiddleCall:
     """``key`` is None for DBCache's whole middle (decided on the Fn residual ``x - x0``) and
     the block id for a DBPrune block (decided on its input ``x``). ``ins`` are the streams
@@ -88,6 +96,10 @@ class MiddleCall:
         # them, so whatever the state keeps of them is copied out first
         self.own = session.compile_options.cudagraphs
         reference = state.reference_for(key, x, ins)
+        # a checked forecast compares the Fn residual with its forecast, not the stored one
+        self.check = key is None and config.forecast_check and state.calibrator is not None
+        if self.check and reference is not None:
+            reference = state.forecast_reference(reference)
         group = session.process_group
         # a piece output (DBPrune's block input, a folded Fn residual) may live in a CUDA graph pool
         self.is_output = key is not None or folded is not None
@@ -97,8 +109,12 @@ class MiddleCall:
             reference, ratio = _global_ratio(self.measured, reference, group)
         elif folded is not None:
             self.measured, self.measured_sum, fed, num = folded
-            ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key], fed, num)
-                     if reference is not None else None)
+            if self.check:  # the folded numerator was taken against the stored reference, not the forecast
+                ratio = functools.partial(_checked_diff, self.measured, reference, state.buffers[key]) \
+                    if reference is not None else None
+            else:
+                ratio = (functools.partial(_folded_diff, self.measured, reference, state.buffers[key], fed, num)
+                         if reference is not None else None)
         elif key is None:  # one pass: Fn residual (x - loop input) and its diff vs the reference
             self.measured, ratio = fused_residual_diff(x, x0, reference)
         else:
@@ -148,4 +164,6 @@ class MiddleCall:
             if self.calibrated[k]:
                 hidden = outs[k].clone() if self.own else outs[k]
                 cal.update(k, residuals[k] if cal.cache_type == "residual" else hidden, state.step)
+        if self.check:  # the forecaster follows the Fn residual at the computed steps, as the middle's
+            cal.update(GUIDE_STREAM, reference, state.step)
         state.record(self.decision, self.key)

@@ -44,6 +44,10 @@ class Buffer:
         return float(self.den[0]) + float(self.den[1])
 
 
+#: the calibrator stream that follows the Fn residual (``forecast_check``); middle streams are >= 0
+GUIDE_STREAM = -1
+
+
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
@@ -99,6 +103,19 @@ class LoopState:
             and all(_same_layout(r, t) for r, t in zip(buf.residuals, stream_inputs))
         )
         return buf.reference if fits else None
+
+    def forecast_reference(self, reference: torch.Tensor) -> Optional[torch.Tensor]:
+        """``forecast_check``: the calibrator's forecast of the Fn residual at this step, in place
+        of the stored ``reference`` (same layout, or None: compute). Forecast on a copy, since
+        some forecasters (FoCa) roll their window forward on every forecast."""
+        cal = self.calibrator
+        if cal is None:
+            return reference
+        try:
+            pred = _copy_calibrator(cal).forecast(GUIDE_STREAM, self.step, None)
+        except KeyError:  # no computed step since the stream (re)started
+            return None
+        return pred if _same_layout(pred, reference) else None
 
     def _current(self) -> Optional[StepRecord]:
         return self.records[-1] if self.records and self.records[-1].step == self.step else None

@@ -72,7 +72,7 @@ def _variants() -> list[Variant]:
                    **{f"o{i}_ptr": "ptr" for i in range(1, 5)}, "n_elements": "int", "window": "float"}
     predict_args = {**{f"d{i}_ptr": "ptr" for i in range(5)}, **{f"c{i}": "float" for i in range(1, 5)},
                     "base_ptr": "ptr", "out_ptr": "ptr", "n_elements": "int"}
-    rep = 2  # representative TaylorSeer order (benchmarks/kernels.py); MAX_ORDER = worst case
+    rep = 2  # representative TaylorSeer order (benchmarks/kernel_bench.py); MAX_ORDER = worst case
     return [
         Variant("fused_residual_diff", rd._diff_partials_kernel, diff_args,
                 dict(HAS_B=True, HAS_PREV=True, WRITE_RES=True, EMULATE_RNE=False, BLOCK=rd.DEFAULT_BLOCK),

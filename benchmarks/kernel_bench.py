@@ -1,9 +1,9 @@
 """Microbenchmark of dit_cachepass.kernels: Triton vs the torch reference (eager and
 under torch.compile), reported as effective bandwidth (bytes the op must move / time).
 
-    python benchmarks/kernels.py                       # all kernels, FLUX- and video-like sizes
-    python benchmarks/kernels.py --sizes flux --dtype bf16 --peak-gbps 3350
-    python benchmarks/kernels.py --kernels apply_residuals taylor_update
+    python benchmarks/kernel_bench.py                       # all kernels, FLUX- and video-like sizes
+    python benchmarks/kernel_bench.py --sizes flux --dtype bf16 --peak-gbps 3350
+    python benchmarks/kernel_bench.py --kernels apply_residuals taylor_update
 
 Columns: ``triton`` (the kernel launcher called directly), ``triton, graph`` (the same
 calls replayed from a CUDA graph: device time without launch cost, the number to hold against
@@ -34,19 +34,15 @@ import torch
 try:
     import dit_cachepass.kernels as K
 except ImportError:  # running from a checkout without the package installed
-    import importlib.util
     import types
 
+    # a bare package object for dit_cachepass (its __init__ is not run), so that only the
+    # kernels subpackage is imported from the checkout
     _root = Path(__file__).resolve().parents[1]
     _pkg = types.ModuleType("dit_cachepass")
     _pkg.__path__ = [str(_root / "dit_cachepass")]
     sys.modules.setdefault("dit_cachepass", _pkg)
-    _spec = importlib.util.spec_from_file_location(
-        "dit_cachepass.kernels", _root / "kernels" / "__init__.py", submodule_search_locations=[str(_root / "kernels")]
-    )
-    K = importlib.util.module_from_spec(_spec)
-    sys.modules["dit_cachepass.kernels"] = K
-    _spec.loader.exec_module(K)
+    import dit_cachepass.kernels as K
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (batch, tokens, dim) of the image/video stream; the text stream has ENCODER_TOKENS tokens.

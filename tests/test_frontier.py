@@ -1,0 +1,84 @@
+"""benchmarks/frontier.py: the quality-vs-speedup frontier runs end to end on the shipped digits DiT
+(two families, two points each, tiny settings) and ``pareto`` keeps exactly the non-dominated points."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("torchmetrics")
+
+from dit_cachepass import demo_model as dm  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not dm.WEIGHTS_PATH.exists(), reason="digits_dit.safetensors not shipped")
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    spec = importlib.util.spec_from_file_location("frontier", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["frontier"] = module   # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_pareto_keeps_exactly_the_non_dominated(frontier):
+    R = frontier.Row
+    a, b, c = R("f", "a", 1.0, math.inf), R("f", "b", 2.0, 30.0), R("f", "c", 3.0, 20.0)
+    dominated = [R("f", "d", 1.5, 25.0),   # b is faster and better
+                 R("f", "e", 2.0, 29.0),   # same speed as b, worse
+                 R("f", "g", 0.9, 40.0)]   # a: faster, inf dB
+    rows = [c, *dominated, b, a]
+    assert frontier.pareto(rows) == [a, b, c]
+    assert frontier.best_at(rows, 2.0) is b and frontier.best_at(rows, 3.5) is None
+
+
+def test_run_frontier_digits_two_families(frontier):
+    spec = frontier.digits_spec(per_class=1, eval_seeds=[100], cal_seeds=[0])
+    assert not set(spec.eval_seeds) & set(spec.cal_seeds)
+    rows = frontier.run_frontier(spec, ["DBCache", "DBCache+TaylorSeer O1"], steps=8, thresholds=[0.0, 0.4],
+                                 max_continuous=[-1], progress=False)
+    assert [(r.family, r.label.split()[1]) for r in rows] == [
+        ("DBCache", "R0"), ("DBCache", "R0.4"), ("DBCache+TaylorSeer O1", "R0"), ("DBCache+TaylorSeer O1", "R0.4")]
+    for r in rows:
+        assert math.isfinite(r.speedup) and r.speedup >= 1.0
+        assert 0.0 <= r.accuracy <= 1.0 and -1.0 <= r.ssim <= 1.0 + 1e-6
+    for r in (rows[0], rows[2]):   # threshold 0 never caches: the uncached output, to rounding
+        assert r.cached_steps == 0 and r.speedup == pytest.approx(1.0)
+        assert r.psnr > 60.0 and r.ssim > 0.999
+    assert rows[1].speedup > 1.0 and rows[1].psnr < rows[0].psnr
+
+
+def test_main_quick_writes_plot_and_json(frontier, tmp_path):
+    out = frontier.main(["--quick", "--models", "digits", "--families", "DBPrune", "--thresholds", "0.3",
+                         "--eval-seeds", "100", "--plot-dir", str(tmp_path), "--json", str(tmp_path / "rows.json")])
+    assert [r.family for r in out["digits"]] == ["DBPrune"]
+    assert (tmp_path / "frontier_digits.png").stat().st_size > 0
+    assert json.loads((tmp_path / "rows.json").read_text())["digits"][0]["steps"] == 10
+
+
+def test_summary_has_a_margin_column_for_a_new_family(frontier):
+    from types import SimpleNamespace
+
+    R = frontier.Row
+    rows = [R("DBCache", "x", 2.1, 30.0), R("DBPrune", "y", 1.6, 33.0), R("planned", "z", 2.0, 34.5)]
+    spec = SimpleNamespace(name="toy", eval_seeds=[100], eval_labels=torch.arange(10))
+    text = frontier.tables(spec, rows, 1.0, 10)
+    assert "planned - cache-dit" in text
+    line_2x = next(l for l in text.splitlines() if l.strip("│ ").startswith("2x"))
+    assert "+4.50" in line_2x and "+1.50" in next(l for l in text.splitlines() if l.strip("│ ").startswith("1.5x"))

@@ -1,0 +1,66 @@
+"""``planner``: planned schedules from an observed trajectory (replayed forecast error, local search)."""
+
+import pytest
+import torch
+
+import dit_cachepass as dcp
+from dit_cachepass import planner
+from dit_cachepass.runtime.state import GUIDE_STREAM
+
+N = 16
+
+
+def _traj(values):
+    vals = [torch.full((2, 3), float(v)) for v in values]
+    return {GUIDE_STREAM: vals, 0: vals}
+
+
+def test_path_error_replays_the_calibrator():
+    line = _traj([1 + k for k in range(N)])
+    every_other = [1 if k % 2 == 0 else 0 for k in range(N)]
+    reuse = planner.path_error(line, every_other, None)
+    # reuse misses each cached step by one unit: sum over odd k of 1 / (1 + k)
+    assert reuse == pytest.approx(sum(1 / (1 + k) for k in range(1, N, 2)))
+    # TaylorSeer order 1 extrapolates a line exactly once its first derivative exists (pipeline step 3)
+    ts = planner.path_error(line, every_other, dcp.TaylorSeerCalibratorConfig(taylorseer_order=1))
+    assert ts == pytest.approx(sum(1 / (1 + k) for k in (1, 3)))
+    assert planner.path_error(line, [1] * N, None) == 0.0
+
+
+def test_plan_computes_where_the_trajectory_jumps():
+    """Flat, one jump at step 9: with reuse, the only error-free budget-2 plan computes step 0 and step 9."""
+    traj = _traj([1.0] * 9 + [5.0] * (N - 9))
+    mask, err = planner.plan_steps(traj, 2, None)
+    assert mask == [1] + [0] * 8 + [1] + [0] * (N - 10) and err == 0.0
+    # the plan never exceeds its budget and always computes step 0
+    for budget in (3, 5, 8):
+        mask, _ = planner.plan_steps(traj, budget, dcp.TaylorSeerCalibratorConfig())
+        assert sum(mask) == budget and mask[0] == 1
+
+
+def test_plan_rejects_impossible_budgets():
+    with pytest.raises(ValueError, match="computed"):
+        planner.plan_steps(_traj(range(N)), N + 1, None)
+
+
+def test_observe_records_every_step_and_merges_generations():
+    pytest.importorskip("diffusers")
+    from dit_cachepass.demo_model import load_digits_dit, sample
+
+    torch.set_num_threads(1)
+    model, info = load_digits_dit()
+    labels = torch.arange(3)
+    trajs = planner.observe(model, lambda: (sample(model, labels, steps=6, seed=s, info=info) for s in (0, 1)))
+    (traj,) = trajs.values()
+    assert set(traj) == {GUIDE_STREAM, 0} and len(traj[0]) == 6
+    assert traj[0][0].shape[0] == 2 * 2 * len(labels)  # two generations of a CFG batch (2 x 3)
+    assert all(torch.isfinite(t).all() for t in traj[0])
+    # a planned static schedule then runs: its mask's zeros are the cached steps
+    mask, _ = planner.plan_steps(traj, 3, dcp.TaylorSeerCalibratorConfig())
+    dcp.compile(model, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=0,
+                                         steps_computation_mask=mask, steps_computation_policy="static"),
+                calibrator_config=dcp.TaylorSeerCalibratorConfig(), backend="eager")
+    with dcp.generation(model):
+        out = sample(model, labels, steps=6, seed=5, info=info)
+    assert torch.isfinite(out).all()
+    assert dcp.summary(model).cached_steps == [k for k in range(6) if not mask[k]]
