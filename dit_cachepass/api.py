@@ -13,7 +13,7 @@ import torch
 from .backend import register, session_for_options, session_of
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .lower import CompileOptions
-from .paths import ModulePaths, nested_key
+from .paths import ModulePaths, nested_key, traced_by_outer_compile
 from .parallel import decision_group, enable_parallelism
 from .session import Session, UnsupportedModelError
 from .stats import Summary
@@ -108,6 +108,22 @@ def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = Non
     return module
 
 
+def _layout(args: tuple, kwargs: dict) -> tuple:
+    """Shape and dtype of every tensor argument (and of tensors in a list, tuple or dict one
+    level down): what a call's cached state was computed from."""
+    out: list = list(kwargs)
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, dict):
+            v = tuple(v.values())
+        if isinstance(v, torch.Tensor):
+            out.append((v.shape, v.dtype))
+        elif isinstance(v, (list, tuple)):
+            out.extend((t.shape, t.dtype) for t in v if isinstance(t, torch.Tensor))
+        else:
+            out.append(None)
+    return tuple(out)
+
+
 class CachedForward:
     """The forward ``dcp.compile`` installs on a module (``module.forward``).
 
@@ -138,12 +154,14 @@ class CachedForward:
         return session.paths
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():  # traced by an outer torch.compile: warns, runs uncached
+        # traced by an outer torch.compile: warns, runs uncached. Not torch.compiler.is_compiling()
+        # alone: torch sets it process-wide while any thread compiles (another module's first call)
+        if traced_by_outer_compile():
             return ModulePaths.nested_call(self.__wrapped__, args, kwargs, self.nested_key)
         session = self.session
         compiled = session.paths if session.paths is not None else self._start()
         # one call of the module = one step of one branch, whatever graphs dynamo splits it into
-        session.begin_call(self.timestep_of(args, kwargs))
+        session.begin_call(self.timestep_of(args, kwargs), _layout(args, kwargs))
         try:
             try:
                 out = compiled(*args, **kwargs)

@@ -15,6 +15,9 @@ are warmup steps anyway. ``explain()`` reports the path a model takes and why.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
 import warnings
 import weakref
 from typing import Any, Callable, Optional
@@ -22,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 from torch._dynamo.comptime import comptime
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from . import blockpath
 from .lower import CompileOptions, check_backend
@@ -35,6 +39,8 @@ NESTED_FIX = ("call the dcp.compile'd module directly, or use torch.compile(m, b
 NESTED = ("a dcp.compile'd module is being traced by an outer torch.compile (torch.compile over dcp.compile): "
           "the outer compile traces its plain forward, so nothing is cached (every step is computed, the "
           f"outputs stay exact); {NESTED_FIX}")
+# dynamo's compile lock (re-entrant): held by every dynamo compile of any thread
+_DYNAMO_LOCK = getattr(torch._dynamo.convert_frame, "compile_lock", None) or threading.RLock()
 
 
 # nested_key(session) -> session, for warn_nested: a comptime function takes no arguments and
@@ -70,6 +76,53 @@ def warn_nested(ctx: Any = None) -> None:
     name = key.rsplit("@", 1)[0]
     session.warn_once(NESTED.replace("a dcp.compile'd module", f"a dcp.compile'd {name}", 1), key="nested",
                       distinct=True)
+
+
+def traced_by_outer_compile() -> bool:
+    """Is this thread tracing the call in progress (an outer ``torch.compile``, ``torch.export``,
+    ``make_fx``)? Thread-safe: ``torch.compiler.is_compiling()`` alone reads a process-global flag
+    that torch sets for the whole of *any* thread's compile, so a second thread's plain calls
+    would be taken for nested ones (and run uncached) while another module compiles.
+
+    Under dynamo, ``is_dynamo_compiling()`` is a constant True (the rest is never traced); in
+    eager code the global flag counts only when this thread has a tracing mode of its own
+    (export's and AOTAutograd's make_fx: thread-local dispatch modes)."""
+    if torch.compiler.is_dynamo_compiling():
+        return True
+    if not torch.compiler.is_compiling():
+        return False
+    return torch._C._len_torch_dispatch_stack() > 0 or get_proxy_mode() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _dynamo_config_is_thread_local() -> bool:
+    """Are ``torch._dynamo.config.patch`` settings per thread (torch >= 2.10 or so), or
+    process-global (older torch)? Probed once: a fresh thread reads a setting patched here."""
+    cfg, key = torch._dynamo.config, "capture_scalar_outputs"
+    with _DYNAMO_LOCK:
+        value = getattr(cfg, key)
+        seen: list = []
+        with cfg.patch(**{key: not value}):
+            t = threading.Thread(target=lambda: seen.append(getattr(cfg, key)))
+            t.start()
+            t.join()
+    return seen == [value]
+
+
+def dynamo_patch(patches: dict) -> Any:
+    """``torch._dynamo.config.patch(**patches)`` for one call of one module, invisible to other
+    threads. Where torch keeps the patch per thread, the patch alone; where dynamo's config is
+    process-global (older torch), the patch is held under dynamo's own compile lock, so that no
+    other thread compiles while it is in effect (nor enters and leaves an overlapping patch,
+    which would restore the wrong values). Other threads' compiled calls keep running."""
+    if not patches:
+        return contextlib.nullcontext()
+    if _dynamo_config_is_thread_local():
+        return torch._dynamo.config.patch(**patches)
+    stack = contextlib.ExitStack()
+    stack.enter_context(_DYNAMO_LOCK)
+    stack.enter_context(torch._dynamo.config.patch(**patches))
+    return stack
 
 
 def check_path(path: str) -> str:
@@ -223,10 +276,7 @@ class ModulePaths:
                 self.dynamic = None  # a second resolution: automatic dynamic from now on
                 self.compiled = self.compile_graph_path(self.make_forward())
         runs = self.graph_runs
-        if self.patches:
-            with torch._dynamo.config.patch(**self.patches):
-                out = self.compiled(*args, **kwargs)
-        else:
+        with dynamo_patch(self.patches):  # this thread's calls only (see dynamo_patch)
             out = self.compiled(*args, **kwargs)
         if not self.decided:
             self._next_path()
@@ -236,7 +286,7 @@ class ModulePaths:
 
     @staticmethod
     def nested_call(forward: Callable, args: tuple, kwargs: dict, nested_key: Optional[str] = None) -> Any:
-        """A call traced by an outer torch.compile (``torch.compiler.is_compiling()``): dynamo
+        """A call traced by an outer torch.compile (``traced_by_outer_compile()``): dynamo
         would inline this module's own compiled forward and ignore its backend, so no cached
         graph could run and the call would look like a recompile-limit fallback. Instead the
         plain ``forward`` is traced (exact, never stale) and ``NESTED`` warns at compile time,

@@ -130,6 +130,7 @@ class Session:
         self._context: Optional[tuple[str, Optional[int]]] = None
         self._named_steps: dict[str, Optional[int]] = {}
         self._named_ts: dict[str, Optional[float]] = {}
+        self._layouts: dict = {}  # branch -> its last call's input layout, in this generation
         self._index_base: Optional[int] = None
         self._lead: Optional[Branch] = None  # the branch whose calls begin a step
         # the timestep heuristic (bare-transformer use only)
@@ -282,7 +283,7 @@ class Session:
         return scoped if scoped is not None else self.config.num_inference_steps
 
     # -- one transformer call -----------------------------------------------------------
-    def begin_call(self, timestep: Any = None) -> None:
+    def begin_call(self, timestep: Any = None, layout: Optional[tuple] = None) -> None:
         """Called once per transformer call, before any piece runs. Nested calls (a runner
         inside the forward wrapper, or a second graph of the same forward) join the call in
         progress. State is snapshotted first: ``abort_call`` restores it if the call raises, so
@@ -300,6 +301,7 @@ class Session:
         self._snap = self._snapshot()
         self.unsure = None
         self._pending = (timestep, self._context)
+        self._layout = layout
 
     def place(self) -> None:
         """Sets ``branch``, ``step`` (the pipeline step, shared by the branches of one step) and
@@ -340,6 +342,7 @@ class Session:
             step = self.steps - 1
         self.branch, self.step = branch, step
         self.calls += 1
+        self._check_layout(branch)
         if not self.enabled:
             self.unsure = "disabled"
         elif torch.is_grad_enabled():  # a cached step would have no gradient through the skipped blocks
@@ -349,6 +352,27 @@ class Session:
                 "step has no gradient through the blocks it skips, and keeping its tensors would keep their "
                 "autograd graphs alive. Run inference under torch.no_grad() or torch.inference_mode() (diffusers "
                 "pipelines do) to cache"))
+
+    def _check_layout(self, branch: Branch) -> None:
+        """An input of another shape or dtype than the branch's previous call, within one
+        generation (a prompt of another length, a new resolution): what the branch stored was
+        computed from other inputs, and a residual of the right shape can still be stale (the
+        text tokens changed, the image tokens did not). Its states start afresh: the call computes."""
+        layout = getattr(self, "_layout", None)
+        if layout is None:
+            return
+        prev = self._layouts.get(branch)
+        self._layouts[branch] = layout
+        if prev is None or prev == layout:
+            return
+        for key, st in self.states.items():
+            if key[1] == branch and (st.buffers or st.calibrator is not None):
+                self._touch(key, st)
+                st.restart()
+        self.warn_once(key="layout", msg=(
+            "an input changed shape or dtype within one generation (e.g. a prompt of another length): the "
+            "cache of that branch was dropped and the call computes. Start a new generation for a new input "
+            "(a pipeline call does; for bare calls use `with dcp.generation(module):` or dcp.refresh(module))"))
 
     def _check_thread(self, me: int) -> None:
         """A call or generation from a second thread while one of another thread is in progress
@@ -499,6 +523,7 @@ class Session:
                 self._touch(key, s)
                 s.new_generation()
         self.calls = self.steps = 0
+        self._layouts = {}
         self._lead = None
         self._index_base = None
         self._named_steps = {}
@@ -511,10 +536,11 @@ class Session:
     def _snapshot(self) -> tuple:
         """The session's own counters now; a loop state is snapshotted when the call first
         touches it (``state``, ``_new_generation``): most calls touch one state per loop."""
-        return (_get_scalars(self), dict(self._named_steps), dict(self._named_ts), dict(self.states), {})
+        return (_get_scalars(self), dict(self._named_steps), dict(self._named_ts), dict(self.states), {},
+                dict(self._layouts))
 
     def _restore(self, snap: tuple) -> None:
-        scalars, named, named_ts, states, loop_snaps = snap
+        scalars, named, named_ts, states, loop_snaps, self._layouts = snap
         for k, v in zip(self._SCALARS, scalars):
             setattr(self, k, v)
         self._named_steps, self._named_ts = named, named_ts

@@ -235,8 +235,18 @@ def _traced() -> bool:
     """Inside dynamo, torch.export, make_fx or a fake/flop-counting mode: go through the
     custom op (its fake implementation traces). Otherwise the runtime calls the
     implementation directly: the dispatcher round trip of a custom op costs tens of
-    microseconds per call, which a cached step would pay on the host for nothing."""
-    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+    microseconds per call, which a cached step would pay on the host for nothing.
+
+    Thread-local: ``torch.compiler.is_compiling()`` is a process-global flag, True while *any*
+    thread compiles, so it counts only with a (thread-local) proxy mode of this thread's own
+    (export's pre-dispatch tracing); under dynamo ``is_dynamo_compiling()`` is a constant True."""
+    if torch.compiler.is_dynamo_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return True
+    if not torch.compiler.is_compiling():
+        return False
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None
 
 
 def fused_residual_diff(

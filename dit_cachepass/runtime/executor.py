@@ -119,7 +119,8 @@ class Runner:
         # the session of the module being called (torch.compile's backend shares one runner
         # between every instance of a class: the parameters passed in tell them apart)
         session = self.session if self.resolve is None else self.resolve(args)
-        session.begin_call(args[self.timestep_slot] if self.timestep_slot is not None else None)
+        session.begin_call(args[self.timestep_slot] if self.timestep_slot is not None else None,
+                           tuple((a.shape, a.dtype) for a in args if isinstance(a, torch.Tensor)))
         try:
             for piece, fn, gather, feed in zip(prog.pieces, self.fns, self.gather, self.feeds):
                 if feed is not None:

@@ -68,6 +68,7 @@ class LoopState:
     never_cache: Optional[str] = None  # set when the loop cannot be cached safely
     finished: int = 0  # finished generations with at least one record (history keeps MAX_HISTORY)
     warn: Optional[Callable[..., None]] = None  # the session's warn_once(msg, key)
+    restarted: bool = False  # an input changed layout: the next decision reports a shape change
 
     MAX_HISTORY = 4
 
@@ -90,6 +91,14 @@ class LoopState:
         self.buffers = {}
         self.calibrator = make_calibrator(self.calibrator_config)
         self.generation += 1
+
+    def restart(self) -> None:
+        """Forget what was stored (buffers, counters, calibrator) but keep this generation's
+        record: the next decision finds no reference and computes."""
+        self.buffers = {}
+        self.continuous, self.accumulated = 0, 0.0
+        self.calibrator = make_calibrator(self.calibrator_config)
+        self.restarted = True
 
     def reference_for(self, key: Optional[int], x: torch.Tensor, stream_inputs: list[torch.Tensor]
                       ) -> Optional[torch.Tensor]:
@@ -138,7 +147,7 @@ class LoopState:
         read = ratio if callable(ratio) else lambda: float(ratio)
         d = self.policy.decide(self.step, n_cached, continuous, self.accumulated,
                                reference is not None, lambda: self._shared_diff() or read(), threshold)
-        if reference is None and key in self.buffers and d.reason == "no-reference":
+        if reference is None and (key in self.buffers or self.restarted) and d.reason == "no-reference":
             d = Decision(False, "shape-change")
         elif d.reason == "non-finite-diff" and self._poisoned(key):
             d = Decision(False, "no-reference")  # as if ``store`` had refused the step's values
@@ -167,6 +176,7 @@ class LoopState:
         return rec.diff if rec is not None and rec.step == self.step else None
 
     def record(self, d: Decision, key: Optional[int] = None) -> None:
+        self.restarted = False
         if key is None:  # DBCache: one decision per call
             self.records.append(StepRecord(self.step, d.cache, d.reason, d.diff, [None] if d.cache else []))
             self.continuous = self.continuous + 1 if d.cache else 0
