@@ -202,6 +202,8 @@ class Session:
         self.place()
         if self.unsure is not None:
             return LoopState(f"{name} [unsure]", config, calibrator_config)
+        if config.enable_separate_cfg is False:  # asked for one state: named branches share it, as in cache-dit
+            branch = 0
         key = (name, branch)
         if key not in self.states:
             label = name if branch == 0 else (f"{name} [{branch}]" if isinstance(branch, str)
@@ -216,6 +218,8 @@ class Session:
         return st
 
     def note_state(self, name: str, branch: Branch) -> None:
+        if self.config.enable_separate_cfg is False:
+            branch = 0
         self._recent[name] = (self._recent[name][1] if name in self._recent else None, (name, branch))
 
     def expected_reference(self, name: str, like: Any) -> torch.Tensor:

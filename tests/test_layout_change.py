@@ -58,3 +58,22 @@ def test_new_generation_with_another_length_does_not_warn():
                 for k in range(4):
                     cached(**_inputs(k, n, 0.01))
     assert not any("within one generation" in str(w.message) for w in caught)
+
+
+def test_enable_separate_cfg_false_shares_one_state_across_named_branches():
+    """Issue 24.4: the user's explicit enable_separate_cfg=False holds with named branches (cache-dit's
+    meaning: one state); None keeps a state per branch."""
+    def run(separate):
+        m = dcp.compile(_model(), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=1,
+                                                    residual_diff_threshold=THRESHOLD, enable_separate_cfg=separate),
+                        backend="eager")
+        with torch.no_grad(), dcp.generation(m):
+            for k in range(4):
+                for name in ("cond", "uncond"):
+                    with dcp.branch(m, name, step_index=k):
+                        m(**_inputs(k, 8 if name == "cond" else 4, 0.01))
+        return dcp.api._session(m).states
+
+    assert len(run(None)) == 2
+    (shared,) = run(False).values()
+    assert len(shared.records) == 8
