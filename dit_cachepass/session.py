@@ -28,10 +28,12 @@ Branch = Union[int, str]  # 0: cond / only branch; int: heuristic CFG branch; st
 
 
 def _scalar(t: Any) -> Optional[float]:
-    """The first element of a timestep argument as a float (None when there is none)."""
+    """A timestep argument as one float: its largest element (None when there is none). Not the
+    first: pipelines that give each frame its own timestep keep a conditioning frame's at 0
+    (SanaImageToVideo's ``t * (1 - mask)``), and a constant first element reads as CFG repeats."""
     if isinstance(t, torch.Tensor):  # one op for the usual one-element timestep
         n = t.numel()
-        return float(t.item()) if n == 1 else float(t.reshape(-1)[0]) if n else None
+        return float(t.item()) if n == 1 else float(t.detach().reshape(-1).max()) if n else None
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return float(t)
     return None

@@ -77,3 +77,21 @@ def test_enable_separate_cfg_false_shares_one_state_across_named_branches():
     assert len(run(None)) == 2
     (shared,) = run(False).values()
     assert len(shared.records) == 8
+
+
+def test_per_frame_timestep_with_a_constant_first_entry_still_caches():
+    """Issue 24.5: a timestep with one entry per frame (or sample) whose first entry never changes
+    (an image-to-video conditioning frame kept at 0) is one step per call, not CFG repeats."""
+    m = dcp.compile(_model(), dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=1,
+                                                residual_diff_threshold=THRESHOLD), backend="eager")
+    with torch.no_grad(), dcp.generation(m):
+        for k in range(6):
+            x = _inputs(k, 8, 0.01)
+            x["hidden_states"] = x["hidden_states"].repeat(2, 1, 1)
+            x["encoder_hidden_states"] = x["encoder_hidden_states"].repeat(2, 1, 1)
+            x["pooled_projections"] = x["pooled_projections"].repeat(2, 1)
+            x["timestep"] = torch.tensor([0.0, 1.0 - k / 10])
+            m(**x)
+    (state,) = dcp.api._session(m).states.values()
+    assert [r.step for r in state.records] == list(range(6))
+    assert state.cached_steps
