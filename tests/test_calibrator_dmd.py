@@ -15,11 +15,8 @@ cd_cal = pytest.importorskip("cache_dit.caching.cache_contexts.calibrators")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One thread: see conftest.one_thread."""
 
 
 def traj(step: int, shape=(2, 16), dtype=torch.float64) -> torch.Tensor:

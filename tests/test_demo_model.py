@@ -12,12 +12,8 @@ pytestmark = pytest.mark.skipif(not dm.WEIGHTS_PATH.exists(), reason="digits_dit
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batch-40 forwards of a 1.8M-param model: one thread is faster than oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One thread: see conftest.one_thread."""
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,8 @@ LABELS = torch.arange(10)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Batch-20 forwards of a 0.8M-param model on 96 tokens: one thread beats oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One thread: see conftest.one_thread."""
 
 
 @pytest.fixture(scope="module")

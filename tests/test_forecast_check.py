@@ -15,11 +15,8 @@ LABELS = torch.arange(10)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One thread: see conftest.one_thread."""
 
 
 def _state(order=1):

@@ -30,11 +30,8 @@ def frontier():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One thread: see conftest.one_thread."""
 
 
 def test_pareto_keeps_exactly_the_non_dominated(frontier):

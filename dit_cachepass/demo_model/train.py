@@ -63,13 +63,7 @@ def train(args) -> dict:
 
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
-    def lr_at(step):
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        prog = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(args.warmup, args.steps))
     img_ids, txt_ids = make_ids(IMAGE_SIZE, PATCH, TEXT_TOKENS)
 
     t0 = time.perf_counter()
@@ -142,6 +136,16 @@ def train(args) -> dict:
     save_file(tensors, str(args.out), metadata=meta)
     record["file_bytes"] = args.out.stat().st_size
     return record
+
+
+def warmup_cosine(warmup: int, steps: int):
+    """The LR factor: linear warmup, then a cosine from 1 down to 0.1."""
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        prog = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog))
+    return lr_at
 
 
 def _round_half(m: nn.Module) -> nn.Module:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from . import load_classifier, load_digits_data
+from .train import _round_half, warmup_cosine
 from .clips import (COND_PREFIX, DIT_PREFIX, FRAMES, HEIGHT, MODEL_CONFIG, NULL_CLASS, TEXT_TOKENS, TIME_SCALE,
                     TRAJECTORIES, WEIGHTS_PATH, WIDTH, ClassTokens, ClipsInfo, build_model, classifier_accuracy,
                     first_block_residual_diffs, make_clips, motion_consistency, sample, to_latents)
@@ -72,13 +72,7 @@ def train(args) -> dict:
 
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
-    def lr_at(step):
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        prog = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(args.warmup, args.steps))
 
     t0 = time.perf_counter()
     order = torch.randperm(n, generator=g)
@@ -147,13 +141,6 @@ def train(args) -> dict:
     args.out.chmod(0o644)   # the writer may create it owner-only; a packaged data file must be world-readable
     record["file_bytes"] = args.out.stat().st_size
     return record
-
-
-def _round_half(m: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in m.state_dict().values():
-            p.copy_(p.half().float())
-    return m
 
 
 def main(argv=None) -> None:
