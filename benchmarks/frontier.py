@@ -165,14 +165,14 @@ def _checked(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
 
 def _planned(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
     """A planned static schedule per budget (``planner.plan_steps``) on the CALIBRATION seeds'
-    observed trajectory, with the calibrator (none, TaylorSeer O1 or O2, DMD) whose replayed path
+    observed trajectory, with the calibrator (none, TaylorSeer O1 or O2) whose replayed path
     error is lowest there."""
     from dit_cachepass import planner
 
     model = spec.load()
     traj = next(iter(planner.observe(model, lambda: (ctx.generate_one(model, s) for s in ctx.seeds)).values()))
     cals = {"reuse": None, "T1O1": dcp.TaylorSeerCalibratorConfig(taylorseer_order=1),
-            "T1O2": dcp.TaylorSeerCalibratorConfig(taylorseer_order=2), "DMD": dcp.DMDCalibratorConfig()}
+            "T1O2": dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)}
     points = []
     for frac in ctx.plan_fractions:
         budget = max(2, round(frac * ctx.steps))
