@@ -171,3 +171,37 @@ def observe(model: torch.nn.Module, generate, cache_config=None, backend: str = 
         parts = [r[name] for r in runs if name in r and len(r[name][GUIDE_STREAM]) == len(runs[0][name][GUIDE_STREAM])]
         merged[name] = {s: [torch.cat([p[s][k] for p in parts]) for k in range(len(parts[0][s]))] for s in parts[0]}
     return merged
+
+
+#: the fillers a planned schedule is tried with (None: reuse the last computed residual)
+FILLERS: tuple = (None, ("taylorseer", 1), ("taylorseer", 2))
+
+
+def _filler(spec) -> Optional[CalibratorConfig]:
+    from .config import TaylorSeerCalibratorConfig
+
+    return None if spec is None else TaylorSeerCalibratorConfig(taylorseer_order=spec[1])
+
+
+def budget_for(steps: int, target: float, full: float, weight: float) -> int:
+    """The most computed steps whose speedup still reaches ``target``: ``full`` is the work of
+    the uncached generation, ``weight`` what one cached step of the loop saves (1 and ``steps``
+    for the steps metric)."""
+    for computed in range(steps, 0, -1):
+        executed = full - weight * (steps - computed)
+        if executed > 0 and full / executed >= target - 1e-9:
+            return computed
+    return 1
+
+
+def plan(traj: Trajectory, computed: int, fillers=FILLERS) -> tuple[list[int], Optional[CalibratorConfig], float]:
+    """The best (mask, filler) for ``computed`` computed steps: the filler whose planned path
+    error is lowest. Returns (mask, calibrator config or None, path error)."""
+    best = None
+    for spec in fillers:
+        cal = _filler(spec)
+        mask, err = plan_steps(traj, computed, cal)
+        if best is None or err < best[2]:
+            best = (mask, cal, err)
+    assert best is not None
+    return best

@@ -263,6 +263,13 @@ class TuneReport:
     output: Any = None
     reference_output: Any = None
     notes: list[str] = field(default_factory=list)
+    #: the calibrator of the verified run (None: none); ``dcp.compile(m, report.config,
+    #: calibrator_config=report.calibrator_config)`` reproduces it
+    calibrator_config: Optional[CalibratorConfig] = None
+    #: "dbcache" (threshold decisions) or "planned" (a static schedule from the observed run)
+    policy: str = "dbcache"
+    #: every policy verified: (policy, config tag, speedup, PSNR, rel. L1)
+    candidates: list = field(default_factory=list)
 
     @property
     def predicted_cached_steps(self) -> list[int]:
@@ -298,6 +305,10 @@ class TuneReport:
             con.print(f"  output vs uncached: {', '.join(err)}")
         con.print(f"  prediction: {'pairwise diffs of the observed residuals' if self.approximation == 'pairwise' else 'summed consecutive diffs (residuals not kept)'}"
                   "; approximate once a step is cached (the real trajectory drifts)")
+        if len(self.candidates) > 1:
+            con.print("  policies verified: " + "; ".join(
+                f"{p} {sp:.2f}x PSNR {_fmt(ps, '.1f')} dB" for p, _, sp, ps, _ in self.candidates)
+                + f" -> {self.policy}" + (f" + {self.calibrator_config.strify()}" if self.calibrator_config else ""))
         for note in self.notes:
             con.print(f"  note: {note}")
         if len(self.runs) > 1:
@@ -442,7 +453,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
          calibrator_config: Optional[CalibratorConfig] = None, max_warmup_steps: Optional[int] = None,
          max_continuous_cached_steps: Optional[int] = None, continuous_choices: Sequence[int] = (1, 2, 3, 4, -1),
          margin: float = 0.02, refine: int = 2, max_residual_bytes: int = 2 << 30,
-         output: Optional[Callable[[Any], Any]] = None, path: str = "auto") -> TuneReport:
+         output: Optional[Callable[[Any], Any]] = None, path: str = "auto",
+         policies: Sequence[str] = ("dbcache",)) -> TuneReport:
     """Propose a DBCache threshold, warmup and continuous-step cap for ``target_speedup``, then
     verify it (see the module docstring).
 
@@ -461,6 +473,12 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     result itself, ``.images``, or its first item). ``backend`` / ``path``: as ``dcp.compile``
     (``path`` applies to a bare module; a pipeline's transformers take ``"auto"``).
 
+    ``policies``: also try ``"planned"``: a static ``steps_computation_mask`` with the most
+    computed steps that still reach the target, planned on the observed generation
+    (``dit_cachepass.planner``) with the filler (none, TaylorSeer order 1 or 2) whose replayed
+    path error is lowest, verified like the DBCache proposal; the policy with the better verified
+    output (PSNR, else relative L1) among those reaching the target wins. A bare module only.
+
     Leaves the module(s) compiled with the proposed config. Returns a :class:`TuneReport`.
     """
     from . import api
@@ -473,6 +491,10 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     if not isinstance(base, DBCacheConfig) or base.cache_type != "DBCache":
         raise TypeError("dcp.tune tunes a DBCacheConfig (DBPrune is not supported)")
     base.validate()
+    unknown = [p for p in policies if p not in ("dbcache", "planned")]
+    if unknown or "dbcache" not in policies:
+        raise ValueError(f"policies={tuple(policies)!r} is invalid: expected 'dbcache' and optionally 'planned'")
+    planned = "planned" in policies
     extract = output or (lambda r: r)
     targets = _targets(pipe_or_module)
     if not targets:
@@ -501,6 +523,12 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
 
     recorder = _Recorder(sessions, max_residual_bytes)
     hooks = [m.register_forward_hook(recorder) for m in targets]
+    traj_rec = None
+    if planned and isinstance(pipe_or_module, torch.nn.Module):
+        from .planner import TrajectoryRecorder
+
+        traj_rec = TrajectoryRecorder(sessions[0], max_residual_bytes)
+        hooks.append(pipe_or_module.register_forward_hook(traj_rec))
     try:
         reference = generate()
     finally:
@@ -614,9 +642,60 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     final_cfg = prop.config.update()
     if final_cfg.residual_diff_threshold >= 1.0:
         notes.append("the threshold is >= 1: every step after the warmup caches (up to the caps)")
-    return TuneReport(final_cfg, float(target_speedup), metric, prop.speedup, run.speedup, run.step_speedup,
-                      run.flops_speedup, run.speedup >= target_speedup - 1e-9, loops, runs, approximation,
-                      run.rel_l1, run.psnr, out, reference, notes)
+    report = TuneReport(final_cfg, float(target_speedup), metric, prop.speedup, run.speedup, run.step_speedup,
+                        run.flops_speedup, run.speedup >= target_speedup - 1e-9, loops, runs, approximation,
+                        run.rel_l1, run.psnr, out, reference, notes, calibrator_config)
+    report.candidates.append(("dbcache", final_cfg.strify(), run.speedup, run.psnr, run.rel_l1))
+    if planned:
+        _try_planned(report, pipe_or_module, traj_rec, streams, full, base, generate, backend, path)
+    return report
+
+
+def _better(a: tuple, b: tuple, target: float) -> bool:
+    """Is candidate ``a`` (speedup, psnr, rel) better than ``b``: reaching the target first, then
+    the higher PSNR (or lower relative L1 where there is no PSNR)."""
+    ra, rb = a[0] >= target - 1e-9, b[0] >= target - 1e-9
+    if ra != rb:
+        return ra
+    if a[1] is not None and b[1] is not None:
+        return a[1] > b[1]
+    return a[2] is not None and b[2] is not None and a[2] < b[2]
+
+
+def _try_planned(report: TuneReport, module: Any, traj_rec: Any, streams: list, full: float,
+                 base: DBCacheConfig, generate: Callable[[], Any], backend: str, path: str) -> None:
+    """Verify a planned static schedule against the DBCache proposal in ``report``; keep the
+    better one (the module is left compiled with it) and record both in ``report.candidates``."""
+    from . import api, planner
+
+    trajs = traj_rec.trajectories() if traj_rec is not None and not traj_rec.overflow else {}
+    if len(trajs) != 1 or len(streams) != 1:
+        report.notes.append("planned: tried on a bare module with one cached loop and branch only; skipped")
+        return
+    traj = next(iter(trajs.values()))
+    n = len(traj[planner.GUIDE_STREAM])
+    computed = planner.budget_for(n, report.target_speedup, full, streams[0].weight)
+    mask, cal, _ = planner.plan(traj, computed)
+    cfg = base.update(steps_computation_mask=mask, steps_computation_policy="static", max_warmup_steps=0)
+    api.compile(module, cfg, calibrator_config=cal, backend=backend, path=path)
+    out = generate()
+    summ = Summary.from_session(api._session(module))
+    cached = len(summ.cached_steps)
+    speedup = full / (full - streams[0].weight * cached) if full > streams[0].weight * cached else math.inf
+    rel, psnr = output_error(out, report.reference_output)
+    tag = cfg.strify() + (f"+{cal.strify()}" if cal is not None else "")
+    report.candidates.append(("planned", tag, speedup, psnr, rel))
+    if _better((speedup, psnr, rel), (report.ideal_speedup, report.psnr, report.rel_l1), report.target_speedup):
+        report.config, report.calibrator_config, report.policy = cfg, cal, "planned"
+        report.ideal_speedup, report.psnr, report.rel_l1, report.output = speedup, psnr, rel, out
+        report.step_speedup = n / (n - cached) if n > cached else math.inf
+        report.flops_speedup = summ.ideal_speedup
+        report.reached = speedup >= report.target_speedup - 1e-9
+        report.notes.append(f"planned schedule wins: {tag} (verified {speedup:.2f}x, PSNR {_fmt(psnr, '.1f')} dB)")
+    else:
+        api.compile(module, report.config, calibrator_config=report.calibrator_config, backend=backend, path=path)
+        report.notes.append(f"planned schedule tried and lost: {tag} (verified {speedup:.2f}x, "
+                            f"PSNR {_fmt(psnr, '.1f')} dB)")
 
 
 def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1, Fn: int = 1, Bn: int = 0,
@@ -641,7 +720,8 @@ def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1
 def run_cli(args: Any) -> int:
     """``python -m dit_cachepass tune``: tune on the shipped digits model and print the report."""
     report, acc_ref, acc = tune_digits(args.target, steps=args.steps, per_class=args.per_class, Fn=args.fn, Bn=args.bn,
-                                       backend=args.backend, metric=args.metric, seed=args.seed, refine=args.refine)
+                                       backend=args.backend, metric=args.metric, seed=args.seed, refine=args.refine,
+                                       policies=tuple(dict.fromkeys(["dbcache", *getattr(args, "policies", [])])))
     print(report)
     print(f"digit accuracy (shipped classifier, {10 * args.per_class} samples): uncached {acc_ref:.0%}, "
           f"tuned {acc:.0%}")

@@ -64,3 +64,24 @@ def test_observe_records_every_step_and_merges_generations():
         out = sample(model, labels, steps=6, seed=5, info=info)
     assert torch.isfinite(out).all()
     assert dcp.summary(model).cached_steps == [k for k in range(6) if not mask[k]]
+
+
+def test_tune_tries_a_planned_schedule_and_its_report_reproduces_the_verified_run():
+    pytest.importorskip("diffusers")
+    from dit_cachepass.demo_model import load_digits_dit, sample
+
+    torch.set_num_threads(1)
+    model, info = load_digits_dit()
+    labels = torch.arange(10)
+    call = lambda: sample(model, labels, steps=12, seed=5, info=info)  # noqa: E731
+    report = dcp.tune(model, call, 2.0, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0),
+                      backend="eager", policies=("dbcache", "planned"))
+    assert [c[0] for c in report.candidates] == ["dbcache", "planned"]
+    winner = max(report.candidates, key=lambda c: (c[2] >= 2.0 - 1e-9, c[3]))
+    assert report.policy == winner[0] and report.psnr == winner[3]
+    fresh, _ = load_digits_dit()
+    dcp.compile(fresh, report.config, calibrator_config=report.calibrator_config, backend="eager")
+    with dcp.generation(fresh):
+        assert torch.equal(sample(fresh, labels, steps=12, seed=5, info=info), report.output)
+    with pytest.raises(ValueError, match="policies"):
+        dcp.tune(model, call, 2.0, policies=("magic",))
