@@ -11,46 +11,17 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .backend import register, session_for_options, session_of
+from .capture import _isolated_forward, _list_lengths
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .lower import CompileOptions
 from .paths import ModulePaths, nested_key, traced_by_outer_compile
 from .parallel import decision_group, enable_parallelism
-from .session import Session, UnsupportedModelError
+from .session import _ATTR, Session, UnsupportedModelError
 from .stats import Summary
 
-_ATTR = "_dit_cachepass"
 _PIPE_BASE = "_dit_cachepass_base"  # on the per-instance pipeline subclass: the original class
 
 
-def _list_lengths(module: torch.nn.Module) -> dict[str, int]:
-    return {name: len(m) for name, m in module.named_modules()
-            if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential))}
-
-
-def _private_copy(fn: types.FunctionType) -> types.FunctionType:
-    clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    return functools.update_wrapper(clone, fn)
-
-
-def _isolated_forward(module: torch.nn.Module, prior: Optional[Callable]) -> Callable:
-    """The module's forward on a private copy of its code object.
-
-    Dynamo keeps one compile cache per code object, with a recompile limit (8) shared by
-    every instance of the class; past it, it runs eager, i.e. uncached (``ModulePaths``
-    warns). A private code object gives each compiled module its own cache and its own graphs. A diffusers
-    hook's forward (``functools.partial(new_forward, module)``, e.g. under context
-    parallelism) becomes a private ``new_forward`` bound to the module; other instance-level
-    forwards are kept.
-    """
-    if (isinstance(prior, functools.partial) and isinstance(prior.func, types.FunctionType)
-            and len(prior.args) == 1 and not prior.keywords):
-        # bound as a method, not re-wrapped in a partial: torch.compile runs any non-function
-        # callable through one shared wrapper frame, i.e. one shared cache again
-        return _private_copy(prior.func).__get__(prior.args[0])
-    if prior is not None:  # an instance-level forward set by someone else (accelerate hooks...)
-        return prior
-    return _private_copy(type(module).forward).__get__(module)
 
 
 def compile(module: torch.nn.Module, cache_config: Optional[DBCacheConfig] = None, *,

@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import capture
+from .errors import StageError
 from .lower import CompileOptions, compile_whole, guarded_by_dynamo, has_symbolic_inputs
 from .matcher import match
 from .plan import plan
@@ -29,14 +30,6 @@ _OPTION_KEYS = {"cache_config", "calibrator_config", "backend", "strict", "lower
 # parameter / buffer tensor -> the session of the module that owns it (torch.compile's backend).
 # Weak keys, compared by identity: a session (and every cached tensor) dies with its module.
 _SESSIONS: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
-
-
-class StageError(RuntimeError):
-    """An unexpected error inside one stage of the pass (a bug or a graph it does not know)."""
-
-    def __init__(self, stage: str, err: BaseException):
-        super().__init__(f"the {stage} stage failed: {type(err).__name__}: {err}")
-        self.stage, self.error = stage, err
 
 
 def _stage(name: str, fn: Callable, *args: Any) -> Any:

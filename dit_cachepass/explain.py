@@ -16,14 +16,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .api import _ATTR, _isolated_forward, _list_lengths
-from .backend import StageError, analyse
+from .backend import analyse
+from .errors import StageError
 from .blockpath import trace_block_calls
+from .capture import _isolated_forward, _list_lengths
 from .config import DBCacheConfig
 from .matcher import NO_BLOCK_LIST
 from .paths import CAPTURE_FLAGS, NESTED_FIX, block_path_may_help, block_path_report, graph_broken
 from .plan import SkippedLoop
-from .session import GraphReport, Session
+from .session import _ATTR, GraphReport, Session
 
 
 def _rng(b: list[str]) -> str:

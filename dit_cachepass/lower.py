@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from .outline import layout_strides
+
 if TYPE_CHECKING:
     from .outline import RegionCache
 
@@ -158,14 +160,6 @@ def _signature(args: Sequence[Any], watch: Sequence[int], key: bool = False) -> 
         else:
             sig.append(a)
     return tuple(sig)
-
-
-def layout_strides(shape: Sequence[int], stride: Sequence[int]) -> tuple:
-    """Strides, less those of size-1 dims: no index ever moves along such a dim, and Inductor's
-    entry check (``assert_size_stride``) ignores them too. FLUX's single blocks return slices of
-    one (1, text + image, D) tensor, strided (T*D, D, 1) where the first block's inputs are
-    (N*D, D, 1): a piece or region keyed on raw strides compiles twice for one layout."""
-    return tuple(s if n != 1 else None for n, s in zip(shape, stride))
 
 
 def guarded_by_dynamo(node: fx.Node) -> bool:

@@ -27,8 +27,16 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .lower import layout_strides
 from .regions import _marker
+
+
+def layout_strides(shape: Sequence[int], stride: Sequence[int]) -> tuple:
+    """Strides, less those of size-1 dims: no index ever moves along such a dim, and Inductor's
+    entry check (``assert_size_stride``) ignores them too. FLUX's single blocks return slices of
+    one (1, text + image, D) tensor, strided (T*D, D, 1) where the first block's inputs are
+    (N*D, D, 1): a piece or region keyed on raw strides compiles twice for one layout."""
+    return tuple(s if n != 1 else None for n, s in zip(shape, stride))
+
 
 # a run of glue with fewer ops than this runs as Python code in the piece (one compile fewer)
 MIN_GLUE_OPS = 32

@@ -28,6 +28,7 @@ from torch._dynamo.comptime import comptime
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from . import blockpath
+from .errors import StageError
 from .lower import CompileOptions, check_backend
 from .matcher import NO_BLOCK_LIST
 from .session import GraphReport, Session
@@ -333,7 +334,6 @@ class ModulePaths:
         try:
             report = block_path_report(self.module, s, calls)
         except Exception as err:  # noqa: BLE001 - never crash: later calls run uncached
-            from .backend import StageError
 
             s.stage_failed(StageError("block-path match", err))
             self._back_to_graph()

@@ -24,6 +24,7 @@ from .runtime.state import LoopState
 log = logging.getLogger("dit_cachepass")
 
 
+_ATTR = "_dit_cachepass"  # the attribute of a compiled module that holds its Session
 Branch = Union[int, str]  # 0: cond / only branch; int: heuristic CFG branch; str: named branch
 
 

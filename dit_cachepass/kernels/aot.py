@@ -40,6 +40,7 @@ import tempfile
 from dataclasses import dataclass
 
 from . import residual_apply as ra
+from ._utils import _table
 from . import residual_diff as rd
 from . import taylorseer as ts
 
@@ -172,13 +173,6 @@ def check(v: Variant, r: dict) -> list[str]:
     if r["st_narrow"] > v.reduction_stores:
         problems.append(f"{r['st_narrow']} narrow stores (reduction outputs: {v.reduction_stores})")
     return problems
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _check_triton() -> str | None:

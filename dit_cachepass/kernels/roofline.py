@@ -119,7 +119,7 @@ def projection_rows() -> tuple[list[str], list[list[str]], dict[str, float]]:
 
 
 def print_projection() -> None:
-    from .aot import _table
+    from ._utils import _table
 
     headers, rows, info = projection_rows()
     print("Roofline projection (not measured): kernel floor = bytes moved / HBM bandwidth "

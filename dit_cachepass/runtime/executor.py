@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from ..errors import StageError
 from ..flops import flop_counter
 from ..lower import compile_piece, region_cache
 from ..rewrite import Slot, SplitProgram
@@ -108,7 +109,6 @@ class Runner:
         self.resolve: Optional[Callable[[tuple], "Session"]] = None
 
     def _lower_failed(self, err: Exception) -> None:
-        from ..backend import StageError
 
         self.session.stage_failed(StageError("lower", err), "that piece runs uncompiled (eager)")
 
