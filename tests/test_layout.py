@@ -83,3 +83,54 @@ def _importable_names(folder: Path) -> set[str]:
 def test_no_name_on_sys_path_shadows_a_probed_package(folder):
     clashes = _importable_names(ROOT / folder) & _probed_names()
     assert not clashes, f"{folder or 'the repository root'} shadows packages transformers/diffusers probe: {clashes}"
+
+
+def test_no_import_cycles_between_the_packages_modules():
+    """Issue 25: every ``from X import`` inside dit_cachepass (top level or in a function) is an
+    edge; no two modules may reach each other. (A package's own ``__init__`` is left out: it runs
+    first anyway.)"""
+    import ast
+    import os
+
+    import dit_cachepass
+
+    root = os.path.dirname(dit_cachepass.__file__)
+    top = os.path.dirname(root)
+    mods = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                name = os.path.relpath(path, top)[:-3].replace(os.sep, ".")
+                mods[name[:-9] if name.endswith(".__init__") else name] = path
+
+    def targets(mod, node):
+        if node.level == 0:
+            base = node.module or ""
+        else:
+            parts = mod.split(".") if mods[mod].endswith("__init__.py") else mod.split(".")[:-1]
+            parts = parts[:len(parts) - (node.level - 1)]
+            base = ".".join(parts + ([node.module] if node.module else []))
+        subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+        return subs + ([base] if base in mods and len(subs) < len(node.names) else [])
+
+    graph = {m: set() for m in mods}
+    for m, path in mods.items():
+        with open(path) as fh:
+            tree = ast.parse(fh.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                graph[m] |= {t for t in targets(m, node) if t != m and not m.startswith(t + ".")}
+
+    def reaches(a, b):
+        seen, todo = set(), [a]
+        while todo:
+            for n in graph[todo.pop()] - seen:
+                if n == b:
+                    return True
+                seen.add(n)
+                todo.append(n)
+        return False
+
+    cycles = sorted((a, b) for a in graph for b in graph[a] if reaches(b, a))
+    assert not cycles, f"import cycles: {cycles}"

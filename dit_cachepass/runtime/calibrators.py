@@ -5,32 +5,14 @@ interface: ``update`` on computed steps, ``forecast`` on cached steps.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Optional
 
 import torch
 
 from ..config import CalibratorConfig, TaylorSeerCalibratorConfig
 from ..kernels import taylor_predict_apply, taylor_update
-
-
-class Calibrator(Protocol):
-    cache_type: str  # "residual": values are middle residuals; "hidden_states": middle outputs
-
-    def update(self, stream: int, value: torch.Tensor, step: int) -> None: ...
-
-    def forecast(self, stream: int, step: int, base: Optional[torch.Tensor]) -> torch.Tensor: ...
-
-    def calibrates(self, stream: int, hidden: int) -> bool: ...
-
-
-class _StreamCalibrator:
-    """What every calibrator shares: its config, and which streams it forecasts."""
-
-    def __init__(self, config: CalibratorConfig):
-        self.config, self.cache_type = config, config.calibrator_cache_type
-
-    def calibrates(self, stream: int, hidden: int) -> bool:
-        return self.config.enable_calibrator if stream == hidden else self.config.enable_encoder_calibrator
+from .calibrator_base import Calibrator, _StreamCalibrator
+from .dmd import DMDCalibrator
 
 
 class TaylorSeerCalibrator(_StreamCalibrator):
@@ -112,8 +94,6 @@ def make_calibrator(config: Optional[CalibratorConfig]) -> Optional[Calibrator]:
     if config.calibrator_type == "foca":
         return FoCaCalibrator(config)
     if config.calibrator_type == "dmd":
-        from .dmd import DMDCalibrator  # imported here: dmd.py builds on this module
-
         return DMDCalibrator(config)
     raise ValueError(f"calibrator_type={config.calibrator_type!r} is not supported: "
                      "expected 'taylorseer', 'foca' or 'dmd'.")

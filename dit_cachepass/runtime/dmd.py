@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ..config import DMDCalibratorConfig
-from .calibrators import _StreamCalibrator
+from .calibrator_base import _StreamCalibrator
 
 MIN_SNAPSHOTS = 4  # 3 snapshot pairs: the least that pins down one damped, oscillating mode
 RANK_CUTOFF = 1e-4  # rank 0: keep singular values above this fraction of the largest

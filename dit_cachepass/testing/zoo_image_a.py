@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .zoo import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
-from .zoo import _flux_img_ids as _flux_ids
+from ._base import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
+from ._base import _flux_img_ids as _flux_ids
 
 
 # --- Bria 3.2: Flux-like, 4 double + 4 single blocks; 8x8 packed latent -> 64 tokens

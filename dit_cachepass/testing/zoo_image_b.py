@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .zoo import BATCH, TEXT_LEN, _entry, _flux_img_ids, _latent, _t, _text  # noqa: F401
+from ._base import BATCH, TEXT_LEN, _entry, _flux_img_ids, _latent, _t, _text  # noqa: F401
 
 
 def _init_empty_params(entry, param_names):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .zoo import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
+from ._base import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
 
 
 # --- Allegro: 4 blocks; 2 latent frames of 8x8, patch 2 -> 32 video tokens

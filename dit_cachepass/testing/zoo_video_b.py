@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .zoo import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
+from ._base import BATCH, TEXT_LEN, _entry, _latent, _t, _text  # noqa: F401
 
 
 def _t_up(step: int, num_steps: int, noise_scale: float, start: float, span: float, batch: int = BATCH):
