@@ -132,7 +132,7 @@ class CachedForward:
         session = self.session
         compiled = session.paths if session.paths is not None else self._start()
         # one call of the module = one step of one branch, whatever graphs dynamo splits it into
-        session.begin_call(self.timestep_of(args, kwargs), _layout(args, kwargs))
+        session.begin_call(self.timestep_of(args, kwargs), _layout(args, kwargs), (args, kwargs))
         try:
             try:
                 out = compiled(*args, **kwargs)

@@ -64,6 +64,21 @@ class GraphReport:
         return bool(self.loops)
 
 
+def _same_inputs(a: Any, b: Any) -> bool:
+    """Whether two calls' arguments are equal by value (a retry builds its tensors afresh)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b)))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_inputs(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_inputs(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # an object without a plain equality: not provably the same
+        return a is b
+
+
 class Session:
     MAX_CFG_BRANCHES = 4  # more calls than this with one timestep: not CFG
 
@@ -134,6 +149,12 @@ class Session:
         self._named_steps: dict[str, Optional[int]] = {}
         self._named_ts: dict[str, Optional[float]] = {}
         self._layouts: dict = {}  # branch -> its last call's input layout, in this generation
+        # a bare call placed by the timestep heuristic raised: (its timestep, its arguments' ids);
+        # the next call at that timestep is its retry only if it passes the same arguments
+        self._aborted: Optional[tuple] = None
+        self._suspect: Optional[float] = None  # a timestep whose calls compute: branches unknown
+        self._ident: Optional[tuple] = None
+        self._placed: Optional[tuple] = None
         self._index_base: Optional[int] = None
         self._lead: Optional[Branch] = None  # the branch whose calls begin a step
         # the timestep heuristic (bare-transformer use only)
@@ -290,7 +311,7 @@ class Session:
         return scoped if scoped is not None else self.config.num_inference_steps
 
     # -- one transformer call -----------------------------------------------------------
-    def begin_call(self, timestep: Any = None, layout: Optional[tuple] = None) -> None:
+    def begin_call(self, timestep: Any = None, layout: Optional[tuple] = None, ident: Optional[tuple] = None) -> None:
         """Called once per transformer call, before any piece runs. Nested calls (a runner
         inside the forward wrapper, or a second graph of the same forward) join the call in
         progress. State is snapshotted first: ``abort_call`` restores it if the call raises, so
@@ -308,7 +329,7 @@ class Session:
         self._snap = self._snapshot()
         self.unsure = None
         self._pending = (timestep, self._context)
-        self._layout = layout
+        self._layout, self._ident, self._placed = layout, ident, None
 
     def place(self) -> None:
         """Sets ``branch``, ``step`` (the pipeline step, shared by the branches of one step) and
@@ -322,10 +343,13 @@ class Session:
         if self._pending_reset:  # refresh(), or a generation scope began or ended
             self._new_generation()
             self._run_restart(None)
+        aborted, self._aborted = self._aborted, None
         if ctx is not None:
             branch, boundary = self._named_call(ctx, value)
         else:
             branch, boundary = self._heuristic_call(value)
+            self._placed = (value, self._ident)
+            self._after_error(aborted, value)
         if boundary:
             self._new_generation()
             self._run_restart(value)
@@ -359,6 +383,24 @@ class Session:
                 "step has no gradient through the blocks it skips, and keeping its tensors would keep their "
                 "autograd graphs alive. Run inference under torch.no_grad() or torch.inference_mode() (diffusers "
                 "pipelines do) to cache"))
+
+    def _after_error(self, aborted: Optional[tuple], value: Optional[float]) -> None:
+        """After a bare call raised, the heuristic's count of calls at its timestep lost one: a
+        retry (equal arguments) is filed as the first attempt; any other call at that timestep
+        (the next CFG branch, if the failed call was not retried) cannot be placed, so every call
+        at that timestep computes and leaves the states alone."""
+        if (aborted is not None and value is not None and aborted[0] == value
+                and self.config.enable_separate_cfg is None and not _same_inputs(aborted[1], self._ident)):
+            self._suspect = value
+            self.warn_once(key="after-error", msg=(
+                "a call raised and the next call at its timestep passed other arguments (not a retry): the CFG "
+                "branch of the calls at that timestep is unknown, so they compute. Name branches with "
+                "`with dcp.branch(module, 'uncond'):` (pipelines do) to keep caching through errors"))
+        if self._suspect is not None:
+            if value == self._suspect:
+                self.unsure = "after-error"
+            else:
+                self._suspect = None
 
     def _check_layout(self, branch: Branch) -> None:
         """An input of another shape or dtype than the branch's previous call, within one
@@ -402,6 +444,7 @@ class Session:
             self._depth -= 1
             if not self._depth:
                 self._snap = None
+                self._ident = self._placed = None  # keep no reference to the call's inputs
 
     def abort_call(self) -> None:
         """The call raised: put every counter, buffer and record back as before it."""
@@ -413,6 +456,7 @@ class Session:
         if not self._depth and self._snap is not None:
             self._restore(self._snap)
             self._snap = None
+            self._aborted = self._placed  # (placed by the heuristic only)
 
     def _named_call(self, ctx: tuple[str, Optional[int]], value: Optional[float]) -> tuple[Branch, bool]:
         """A call inside ``cache_context(name)`` / ``dcp.branch``: the branch is the name.
@@ -479,7 +523,7 @@ class Session:
             # ended: either way a new generation is safe (it recomputes, never reuses)
             self._warn_heuristic(what + ": a new generation starts (warmup again)")
             return 0, True
-        if last is not None:  # calls past the limit were not branches: they do not raise it
+        if last is not None and last != self._suspect:  # past the limit: not branches; after an error: unknown
             self._prev_run = min(self._run, self._branch_limit(mode))
         self._run = 1
         if last is None or scoped or not self.config.detect_new_generation:
@@ -538,7 +582,7 @@ class Session:
 
     # -- snapshot / restore ---------------------------------------------------------------
     _SCALARS = ("calls", "steps", "branch", "step", "generation", "_last_timestep", "_direction", "_run",
-                "_prev_run", "_pending_reset", "_lead", "_index_base", "unsure")
+                "_prev_run", "_pending_reset", "_lead", "_index_base", "unsure", "_suspect")
 
     def _snapshot(self) -> tuple:
         """The session's own counters now; a loop state is snapshotted when the call first

@@ -161,6 +161,42 @@ def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode)
     assert [len(l.steps) for l in loops] == [6, 6] and loops[0].cached_steps
 
 
+def test_a_call_that_raises_and_is_not_retried_never_shifts_the_branches():
+    """Issue 24.6: cond raises at step 3 and the caller moves on to uncond. The heuristic's count
+    at that timestep lost a call: the uncond call must not be filed as cond (it would reuse the
+    cond residual); it computes, and later steps are placed as before, in one generation."""
+    m, ref = model(residual_diff_threshold=1.0), plain()
+    with torch.no_grad():
+        m(**branch_x(1000, 0))  # compile, then start over
+    dcp.refresh(m)
+    runner = m._dit_cachepass.runners[0]
+    k = max(i for i, p in enumerate(runner.prog.pieces) if p.kind != "middle")
+    real, fail = runner.fns[k], {"armed": False}
+
+    def flaky(*args):
+        if fail["armed"]:
+            fail["armed"] = False
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args)
+
+    runner.fns[k] = flaky
+    with torch.no_grad(), pytest.warns(UserWarning, match="not a retry"):
+        for s in range(6):
+            for br in (0, 1):
+                x = branch_x(1000 - 50 * s, br)
+                if s == 3 and br == 0:
+                    fail["armed"] = True
+                    with pytest.raises(RuntimeError, match="simulated"):
+                        m(**x)
+                    continue
+                out = m(**x)
+                if s == 3:
+                    assert_same(out, ref(**x))
+    loops = dcp.summary(m).loops
+    assert [[r.step for r in l.steps] for l in loops] == [[0, 1, 2, 4, 5]] * 2
+    assert all(r.cached for l in loops for r in l.steps[1:])
+
+
 def test_nan_at_threshold_one_never_poisons_later_steps():
     m, ref = model(residual_diff_threshold=1.0, max_warmup_steps=2), plain()
     xs = [x_at(1000 - 50 * s, scale=1 + 0.01 * s) for s in range(5)]
