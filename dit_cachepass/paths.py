@@ -9,8 +9,8 @@
    (``blockpath``): one eager call traced with hooks finds the lists and streams, then each
    block is wrapped and compiled regionally, with the same runtime and state.
 
-Each probe call returns the model's exact, uncached output; the first steps of a generation
-are warmup steps anyway. ``explain()`` reports the path a model takes and why.
+The probes run within the first call (its inputs are run again on each next path), so the
+first call is the chosen path's first step: the first generation equals the next identical one. ``explain()`` reports the path a model takes and why.
 """
 
 from __future__ import annotations
@@ -264,6 +264,17 @@ class ModulePaths:
                 "block-pending": "block", "block": "block"}[self.stage]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Serves one call. While the path is being chosen, the same call is run again on each
+        next path (capture flags, block trace, block runner), so the first call is served by
+        the path that stays: it is the generation's first computed step there, and the first
+        generation decides exactly like the next identical one."""
+        while True:
+            stage = self.stage
+            out = self._serve(args, kwargs)
+            if self.stage in (stage, "graph"):  # decided (or back to the uncached graph)
+                return out
+
+    def _serve(self, args: tuple, kwargs: dict) -> Any:
         if self.stage == "block":
             self.runner.begin_call()
             return self.eager(*args, **kwargs)

@@ -92,3 +92,23 @@ def test_strict_accepts_a_model_that_the_block_path_caches():
                          backend="eager", strict=True, path="graph")
     with pytest.raises(dcp.UnsupportedModelError):
         run_toy(forced, 1)
+
+
+@pytest.mark.parametrize("name", ["mochi", "hunyuanvideo15"])
+def test_the_first_generation_after_compile_decides_like_the_next_identical_one(name):
+    """Issue 24.5: the path probes (graph, capture flags, block trace) run inside the first call,
+    so that call is the chosen path's first computed step. Before, the probe calls were no loop
+    steps: warmup started over mid-generation, and Mochi's two identical generations differed by
+    0.66 (5 loop steps recorded of 6). Threshold 0.5 on the random zoo model: some steps cache."""
+    e = ZOO[name]
+    cfg = dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=1)
+    m = dcp.compile(e.build(), cfg, backend="eager")
+    outs, records = [], []
+    for _ in range(2):
+        with torch.no_grad(), dcp.generation(m, num_inference_steps=6):
+            outs.append([m(**e.inputs(s, 6, 1.0), return_dict=False)[0] for s in range(6)])
+        records.append([(r.step, r.cached) for r in dcp.summary(m).loops[0].steps])
+    assert m._dit_cachepass.paths.name != "graph", "the model took the graph path: nothing probed"
+    assert records[0] == records[1] and len(records[0]) == 6 and any(c for _, c in records[0])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
