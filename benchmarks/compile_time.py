@@ -51,7 +51,7 @@ def child(variant: str, steps: int, gens: int, args: argparse.Namespace) -> dict
     import torch
 
     import dit_cachepass as dcp
-    from dit_cachepass.demo import denoise
+    from dit_cachepass.tools.demo import denoise
     from e2e import build_inputs, build_model, on_device  # the end-to-end benchmark's models and inputs
 
     def sync():

@@ -45,7 +45,7 @@ import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
-from dit_cachepass.demo import build_flux, denoise, make_inputs  # noqa: E402
+from dit_cachepass.tools.demo import build_flux, denoise, make_inputs  # noqa: E402
 
 N_BLOCKS = 12  # 4 double + 8 single blocks in demo.build_flux()
 ALL_VARIANTS = ["eager", "compiled", "compiled_regional", "cachedit", "cachedit_compiled", "diffusers_fbc",
@@ -92,7 +92,7 @@ def build_inputs(args):
     from dataclasses import replace
 
     if getattr(args, "model", "demo") == "gpu":
-        from dit_cachepass.demo import DemoInputs
+        from dit_cachepass.tools.demo import DemoInputs
 
         g = torch.Generator().manual_seed(0)
         ys, xs = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
@@ -451,7 +451,7 @@ def print_table(rows: list[Row], variants: list[Variant], args) -> None:
 def _model_words(args) -> str:
     if getattr(args, "model", "demo") == "gpu":
         return "4 double + 8 single blocks, 12 heads x 128, 1024 image + 256 text tokens"
-    return "dit_cachepass.demo's model: 4 double + 8 single blocks, 256 image + 32 text tokens"
+    return "dit_cachepass.tools.demo's model: 4 double + 8 single blocks, 256 image + 32 text tokens"
 
 
 def markdown(rows: list[Row], variants: list[Variant], args, command: str) -> str:

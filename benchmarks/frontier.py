@@ -167,7 +167,7 @@ def _planned(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
     """A planned static schedule per budget (``planner.plan_steps``) on the CALIBRATION seeds'
     observed trajectory, with the calibrator (none, TaylorSeer O1 or O2) whose replayed path
     error is lowest there."""
-    from dit_cachepass import planner
+    from dit_cachepass.tuning import planner
 
     model = spec.load()
     traj = next(iter(planner.observe(model, lambda: (ctx.generate_one(model, s) for s in ctx.seeds)).values()))

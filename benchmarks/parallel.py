@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dit_cachepass as dcp
-from dit_cachepass.demo import build_flux, denoise, make_inputs
+from dit_cachepass.tools.demo import build_flux, denoise, make_inputs
 from dit_cachepass.runtime import middle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,7 +55,7 @@ def make_model(args: argparse.Namespace, cached: bool, parallel: bool) -> torch.
         return dcp.enable_cache(model, cfg, parallelism_config=parallelism(args) if parallel else None,
                                 backend=args.backend, strict=True)
     if parallel:
-        from dit_cachepass.parallel import enable_parallelism
+        from dit_cachepass.runtime.parallel import enable_parallelism
 
         enable_parallelism(model, parallelism(args))
     return model if args.backend == "eager" else torch.compile(model, backend=args.backend)

@@ -8,12 +8,12 @@ torch.compile graph pass.
 
 from .api import (ExplainReport, LoopReport, branch, compile, disable, disable_cache, enable_cache, explain,
                   generation, refresh, summary)
-from .flops import count_flops
+from .compiler.flops import count_flops
 from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, DMDCalibratorConfig, FBCacheConfig,
                      FoCaCalibratorConfig, ParallelismConfig, ParamsModifier, TaylorSeerCalibratorConfig)
-from .patterns import ForwardPattern
-from .session import ConcurrentCallError, UnsupportedModelError
-from .lower import CompileOptions
+from .compiler.patterns import ForwardPattern
+from .runtime.session import ConcurrentCallError, UnsupportedModelError
+from .compiler.lower import CompileOptions
 from .stats import Summary
 from .tune import TuneReport, tune
 

@@ -11,12 +11,12 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .backend import register, session_for_options, session_of
-from .capture import _isolated_forward, _list_lengths
+from .compiler.capture import _isolated_forward, _list_lengths
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
-from .lower import CompileOptions
-from .paths import ModulePaths, nested_key, traced_by_outer_compile
-from .parallel import decision_group, enable_parallelism
-from .session import _ATTR, Session, UnsupportedModelError
+from .compiler.lower import CompileOptions
+from .runtime.paths import ModulePaths, nested_key, traced_by_outer_compile
+from .runtime.parallel import decision_group, enable_parallelism
+from .runtime.session import _ATTR, Session, UnsupportedModelError
 from .stats import Summary
 
 _PIPE_BASE = "_dit_cachepass_base"  # on the per-instance pipeline subclass: the original class

@@ -16,15 +16,15 @@ import torch
 import torch.fx as fx
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .capture import capture
+from .compiler.capture import capture
 from .errors import StageError
-from .lower import CompileOptions, compile_whole, guarded_by_dynamo, has_symbolic_inputs
-from .matcher import match
-from .plan import plan
-from .fold import fold
-from .rewrite import split
+from .compiler.lower import CompileOptions, compile_whole, guarded_by_dynamo, has_symbolic_inputs
+from .compiler.matcher import match
+from .compiler.plan import plan
+from .compiler.fold import fold
+from .compiler.rewrite import split
 from .runtime.executor import Runner
-from .session import GraphReport, Session, UnsupportedModelError
+from .runtime.session import GraphReport, Session, UnsupportedModelError
 
 _OPTION_KEYS = {"cache_config", "calibrator_config", "backend", "strict", "lowering"}
 # parameter / buffer tensor -> the session of the module that owns it (torch.compile's backend).

@@ -18,13 +18,13 @@ import torch
 
 from .backend import analyse
 from .errors import StageError
-from .blockpath import trace_block_calls
-from .capture import _isolated_forward, _list_lengths
+from .runtime.blockpath import trace_block_calls
+from .compiler.capture import _isolated_forward, _list_lengths
 from .config import DBCacheConfig
-from .matcher import NO_BLOCK_LIST
-from .paths import CAPTURE_FLAGS, NESTED_FIX, block_path_may_help, block_path_report, graph_broken
-from .plan import SkippedLoop
-from .session import _ATTR, GraphReport, Session
+from .compiler.matcher import NO_BLOCK_LIST
+from .runtime.paths import CAPTURE_FLAGS, NESTED_FIX, block_path_may_help, block_path_report, graph_broken
+from .compiler.plan import SkippedLoop
+from .runtime.session import _ATTR, GraphReport, Session
 
 
 def _rng(b: list[str]) -> str:

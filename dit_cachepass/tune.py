@@ -475,7 +475,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
 
     ``policies``: also try ``"planned"``: a static ``steps_computation_mask`` with the most
     computed steps that still reach the target, planned on the observed generation
-    (``dit_cachepass.planner``) with the filler (none, TaylorSeer order 1 or 2) whose replayed
+    (``dit_cachepass.tuning.planner``) with the filler (none, TaylorSeer order 1 or 2) whose replayed
     path error is lowest, verified like the DBCache proposal; the policy with the better verified
     output (PSNR, else relative L1) among those reaching the target wins. A bare module only.
 
@@ -525,7 +525,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     hooks = [m.register_forward_hook(recorder) for m in targets]
     traj_rec = None
     if planned and isinstance(pipe_or_module, torch.nn.Module):
-        from .planner import TrajectoryRecorder
+        from .tuning.planner import TrajectoryRecorder
 
         traj_rec = TrajectoryRecorder(sessions[0], max_residual_bytes)
         hooks.append(pipe_or_module.register_forward_hook(traj_rec))
@@ -666,7 +666,8 @@ def _try_planned(report: TuneReport, module: Any, traj_rec: Any, streams: list, 
                  base: DBCacheConfig, generate: Callable[[], Any], backend: str, path: str) -> None:
     """Verify a planned static schedule against the DBCache proposal in ``report``; keep the
     better one (the module is left compiled with it) and record both in ``report.candidates``."""
-    from . import api, planner
+    from . import api
+    from .tuning import planner
 
     trajs = traj_rec.trajectories() if traj_rec is not None and not traj_rec.overflow else {}
     if len(trajs) != 1 or len(streams) != 1:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dit_cachepass as dcp
-from dit_cachepass.session import Session
+from dit_cachepass.runtime.session import Session
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)

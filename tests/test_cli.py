@@ -2,7 +2,7 @@
 
 import pytest
 
-from dit_cachepass import cli, demo
+from dit_cachepass.tools import cli, demo
 
 
 def test_help_and_bad_arguments(capsys):

@@ -10,9 +10,9 @@ import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import dit_cachepass as dcp
-from dit_cachepass.lower import CompileOptions
+from dit_cachepass.compiler.lower import CompileOptions
 from dit_cachepass.runtime.middle import MiddleCall
-from dit_cachepass.session import Session
+from dit_cachepass.runtime.session import Session
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)

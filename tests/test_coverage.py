@@ -4,7 +4,7 @@ with the reason its entry states. Also the path each class takes when it matters
 
 import pytest
 
-from dit_cachepass.coverage import check
+from dit_cachepass.tools.coverage import check
 from dit_cachepass.testing.zoo import ZOO
 
 # classes whose loop no single dynamo graph holds: the path that caches them
@@ -32,7 +32,7 @@ def test_class_is_cached_or_says_why(name):
 def test_cli_checks_chosen_classes_with_regional_lowering(tmp_path):
     """``python -m dit_cachepass coverage flux --lowering regional --write F``: the block path
     caches FLUX, and the written table says which lowering it checked."""
-    from dit_cachepass.cli import main
+    from dit_cachepass.tools.cli import main
 
     out = tmp_path / "coverage.md"
     assert main(["coverage", "flux", "--lowering", "regional", "-q", "--write", str(out)]) == 0
@@ -45,7 +45,7 @@ def test_cli_checks_chosen_classes_with_regional_lowering(tmp_path):
 def test_cli_checks_regional_lowering_on_the_graph_path_with_a_compiling_backend(tmp_path):
     """``--backend aot_eager --lowering regional``: the pieces are outlined and compiled, FLUX stays
     on the graph path, exact and cached, and the table names the command that made it."""
-    from dit_cachepass.cli import main
+    from dit_cachepass.tools.cli import main
 
     out = tmp_path / "coverage.md"
     assert main(["coverage", "flux", "--backend", "aot_eager", "--lowering", "regional", "-q", "--write", str(out)]) == 0

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from dit_cachepass import demo
-from dit_cachepass.demo import Row, busy_verdict, choose_threads, ratio_spread, round_orders
+from dit_cachepass.tools import demo
+from dit_cachepass.tools.demo import Row, busy_verdict, choose_threads, ratio_spread, round_orders
 
 
 def test_round_orders_run_every_variant_once_per_round_rotated():
@@ -77,7 +77,7 @@ def test_demo_imports_print_no_third_party_warnings():
     """The demo process imports diffusers' model classes without torchao (installed by the test
     extra), so none of torchao's "Failed to load ... _C_mxfp8" lines or pytree warnings appear."""
     pytest.importorskip("diffusers")
-    code = ("from dit_cachepass import demo; demo.hide_unused_packages()\n"
+    code = ("from dit_cachepass.tools import demo; demo.hide_unused_packages()\n"
             "from diffusers import FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler\n"
             "from dit_cachepass.demo_model import load_digits_dit; load_digits_dit()\n"
             "import sys; print('torchao imported:', sys.modules.get('torchao') is not None)\n")

@@ -6,7 +6,7 @@ import warnings
 import torch
 
 import dit_cachepass as dcp
-from dit_cachepass import cli
+from dit_cachepass.tools import cli
 from dit_cachepass.testing.zoo import ZOO
 from toy_models import ToyDiT, toy_inputs
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dit_cachepass.flops import count_flops, count_graph_flops, to_tflops
+from dit_cachepass.compiler.flops import count_flops, count_graph_flops, to_tflops
 
 # cache-dit README / bench: FLUX.1-dev, 1024x1024, 50 steps, calflops (2 FLOPs per MAC).
 FLUX_DEV_50_STEPS_TFLOPS = 3726.87

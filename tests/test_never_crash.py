@@ -6,7 +6,7 @@ import torch
 
 import dit_cachepass as dcp
 import dit_cachepass.backend as backend
-from dit_cachepass import lower
+from dit_cachepass.compiler import lower
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5)
@@ -68,7 +68,7 @@ def test_graphs_left_whole_compile_in_dynamos_context():
     """HiDream's MoE router (``bincount`` under scalar capture) makes a graph fragment with an
     unbacked size and no loop; it must compile as torch.compile would compile it, inside dynamo's
     ShapeEnv (a fresh one raised "u0 possible memo disaster" with every compiling backend)."""
-    from dit_cachepass import coverage
+    from dit_cachepass.tools import coverage
     from dit_cachepass.testing.zoo import ZOO
 
     row = coverage.check(ZOO["hidream"], backend="aot_eager")

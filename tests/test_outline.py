@@ -6,9 +6,9 @@ import torch
 import torch.fx as fx
 
 import dit_cachepass as dcp
-from dit_cachepass import lower
-from dit_cachepass import outline as outline_mod
-from dit_cachepass.outline import RegionCache, outline, structure_key
+from dit_cachepass.compiler import lower
+from dit_cachepass.compiler import outline as outline_mod
+from dit_cachepass.compiler.outline import RegionCache, outline, structure_key
 from toy_models import ToyDiT, toy_inputs
 
 CFG = dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=1)

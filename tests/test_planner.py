@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dit_cachepass as dcp
-from dit_cachepass import planner
+from dit_cachepass.tuning import planner
 from dit_cachepass.runtime.state import GUIDE_STREAM
 
 N = 16

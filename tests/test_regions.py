@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import dit_cachepass as dcp
-from dit_cachepass.regions import RegionError, find_regions
+from dit_cachepass.compiler.regions import RegionError, find_regions
 from reference_dbcache import assert_caches_like_the_reference
 from toy_models import toy_inputs
 

@@ -208,7 +208,7 @@ def test_summary_plot_writes_a_png(tmp_path):
 def test_inductor_piece_recompiles_for_new_strides_instead_of_asserting():
     """Inductor asserts input strides on entry; the same shape laid out differently (a view out
     of a collective on one step, a fresh residual apply on the next) must get its own build."""
-    from dit_cachepass.lower import LazyCompiled
+    from dit_cachepass.compiler.lower import LazyCompiled
 
     gm = torch.fx.symbolic_trace(lambda x: (x * 2 + 1,))
     piece = LazyCompiled(gm, "inductor")
@@ -223,7 +223,7 @@ def test_inductor_piece_ignores_strides_of_size_one_dims():
     """A (1, 8, 4) slice of a (1, 10, 4) tensor is strided (40, 4, 1), a fresh one (32, 4, 1): the
     same layout for every index, so one build serves both (as one region does, test_outline);
     a batch of 2 sliced the same way is a different layout and gets its own."""
-    from dit_cachepass.lower import LazyCompiled
+    from dit_cachepass.compiler.lower import LazyCompiled
 
     gm = torch.fx.symbolic_trace(lambda x: (x * 2 + 1,))
     piece = LazyCompiled(gm, "inductor")
@@ -261,7 +261,7 @@ def test_models_behind_a_diffusers_hook_get_their_own_dynamo_cache():
 def test_the_timestep_is_read_after_the_fn_piece(monkeypatch):
     """Reading a GPU timestep is a host sync: it waits until the decision needs it (after the Fn
     blocks were launched), where the diff's own sync happens anyway."""
-    import dit_cachepass.session as session_mod
+    import dit_cachepass.runtime.session as session_mod
 
     _, m = make()
     call(m, 0)

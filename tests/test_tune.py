@@ -105,7 +105,7 @@ def test_output_error():
 
 
 def test_cli_tune_arguments(monkeypatch):
-    from dit_cachepass import cli
+    from dit_cachepass.tools import cli
 
     seen = {}
     monkeypatch.setattr(sys.modules["dit_cachepass.tune"], "run_cli", lambda a: seen.setdefault("args", a) and 0)

@@ -13,14 +13,14 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import StageError
-from ..flops import flop_counter
-from ..lower import compile_piece, region_cache
-from ..rewrite import Slot, SplitProgram
+from ..compiler.flops import flop_counter
+from ..compiler.lower import compile_piece, region_cache
+from ..compiler.rewrite import Slot, SplitProgram
 from .middle import MiddleCall
 
 if TYPE_CHECKING:
-    from ..plan import LoopPlan
-    from ..session import Session
+    from ..compiler.plan import LoopPlan
+    from .session import Session
 
 
 # the model's own timestep argument (l_timestep_, l_kwargs_timestep_), never a parameter such

@@ -15,7 +15,7 @@ from ..kernels import apply_residuals, backend_for, fused_residual_diff, rel_l1_
 from .state import GUIDE_STREAM
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .session import Session
     from .state import Buffer
 
 

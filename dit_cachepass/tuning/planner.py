@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .config import CalibratorConfig
-from .runtime.calibrators import make_calibrator
-from .runtime.state import GUIDE_STREAM
+from ..config import CalibratorConfig
+from ..runtime.calibrators import make_calibrator
+from ..runtime.state import GUIDE_STREAM
 
 Trajectory = dict  # stream -> list of tensors, one per step (GUIDE_STREAM: the Fn residual)
 
@@ -147,8 +147,8 @@ def observe(model: torch.nn.Module, generate, cache_config=None, backend: str = 
     ``generate()`` (one generation per call to it is expected to be scoped by the caller, e.g.
     ``dcp.generation``) and return each cached loop's trajectory. Several generations with the
     same step count are merged along the batch (dim 0), so one plan fits them all."""
-    from . import api
-    from .config import DBCacheConfig
+    from .. import api
+    from ..config import DBCacheConfig
 
     base = cache_config if cache_config is not None else DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0)
     private = base.update(residual_diff_threshold=1e-12, max_warmup_steps=0, max_cached_steps=-1,
@@ -178,7 +178,7 @@ FILLERS: tuple = (None, ("taylorseer", 1), ("taylorseer", 2))
 
 
 def _filler(spec) -> Optional[CalibratorConfig]:
-    from .config import TaylorSeerCalibratorConfig
+    from ..config import TaylorSeerCalibratorConfig
 
     return None if spec is None else TaylorSeerCalibratorConfig(taylorseer_order=spec[1])
 

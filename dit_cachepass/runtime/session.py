@@ -17,9 +17,9 @@ from typing import Any, Iterator, Optional, Union
 
 import torch
 
-from .config import DBCacheConfig, ParamsModifier, CalibratorConfig
-from .lower import CompileOptions, check_backend, warn_if_unverified
-from .runtime.state import LoopState
+from ..config import DBCacheConfig, ParamsModifier, CalibratorConfig
+from ..compiler.lower import CompileOptions, check_backend, warn_if_unverified
+from .state import LoopState
 
 log = logging.getLogger("dit_cachepass")
 
@@ -604,7 +604,7 @@ class Session:
     def no_loop(self, report: GraphReport) -> None:
         """A graph with nothing to cache. Glue-only graphs (from graph breaks outside the loop)
         are judged after the whole forward, in ``after_forward``; real reasons warn now."""
-        from .matcher import NO_BLOCK_LIST
+        from ..compiler.matcher import NO_BLOCK_LIST
 
         if report.reasons == [NO_BLOCK_LIST] and not report.skipped:
             return

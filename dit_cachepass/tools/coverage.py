@@ -74,7 +74,7 @@ def _run(model: torch.nn.Module, entry: Any, steps: int, total: Optional[int] = 
 
 
 def _config(entry: Any, threshold: float):
-    from . import DBCacheConfig
+    from .. import DBCacheConfig
 
     return DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
                          max_warmup_steps=1, steps_computation_mask=[1] * EXACT_STEPS + [0] * STEPS)
@@ -122,7 +122,7 @@ def matrix(names: Optional[list[str]] = None, progress: bool = True, lowering: s
     """``check`` every zoo entry (``names``: a subset) with ``backend``; ``lowering="regional"``
     checks the block path (``path="block"``) on the eager backend, which compiles nothing, and
     the graph path's regional lowering (``outline``) on a compiling one."""
-    from .testing.zoo import ZOO
+    from ..testing.zoo import ZOO
 
     names = sorted(ZOO) if names is None else names
     rows = []

@@ -25,10 +25,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .patterns import FlowShape, ForwardPattern, classify
-from .matcher import torch_layer_class
-from .plan import LoopPlan, plan
-from .runtime.middle import MiddleCall
+from ..compiler.patterns import FlowShape, ForwardPattern, classify
+from ..compiler.matcher import torch_layer_class
+from ..compiler.plan import LoopPlan, plan
+from .middle import MiddleCall
 
 MIN_LIST_SHARE = 0.2  # as the graph path: a list with < 20 % of the largest list's parameters is auxiliary
 

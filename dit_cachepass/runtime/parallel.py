@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .config import ParallelismConfig
+from ..config import ParallelismConfig
 
 
 def _diffusers_config(config: ParallelismConfig) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .config import DBCacheConfig, CalibratorConfig
+from ..config import DBCacheConfig, CalibratorConfig
 from .matcher import BlockLoop
 
 

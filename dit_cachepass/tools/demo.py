@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .config import DBCacheConfig
+from ..config import DBCacheConfig
 
 # Packages the demo never uses but that diffusers / transformers import when installed (the test
 # extra installs torchao): importing torchao prints "Failed to load ... _C_mxfp8 ... Could not load
@@ -314,7 +314,7 @@ def run_digits(steps: int = 20, per_class: int = 4, out: str = "demo_out/digits.
 
     import dit_cachepass as dcp
 
-    from .demo_model import classifier_accuracy, load_digits_dit, sample
+    from ..demo_model import classifier_accuracy, load_digits_dit, sample
 
     configs = configs or DIGITS_CONFIGS
     labels = torch.arange(10).repeat_interleave(per_class)

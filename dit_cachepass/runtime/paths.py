@@ -28,9 +28,9 @@ from torch._dynamo.comptime import comptime
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from . import blockpath
-from .errors import StageError
-from .lower import CompileOptions, check_backend
-from .matcher import NO_BLOCK_LIST
+from ..errors import StageError
+from ..compiler.lower import CompileOptions, check_backend
+from ..compiler.matcher import NO_BLOCK_LIST
 from .session import GraphReport, Session
 
 CAPTURE_FLAGS = dict(capture_scalar_outputs=True, capture_dynamic_output_shape_ops=True)
@@ -233,8 +233,8 @@ class ModulePaths:
     def _build(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
         """The dynamo backend of this module: the pass (``backend.build``) with this session;
         a cached graph's calls are counted."""
-        from .backend import build
-        from .runtime.executor import Runner
+        from ..backend import build
+        from .executor import Runner
 
         fn = build(gm, example_inputs, self.session)
         if not isinstance(fn, Runner):

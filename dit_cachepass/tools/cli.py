@@ -94,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.set_defaults(func=_coverage)
 
     def _tune(a: argparse.Namespace) -> int:
-        from .tune import run_cli
+        from ..tune import run_cli
 
         return run_cli(a)
 
@@ -123,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     x.add_argument("--threshold", type=float, help="residual_diff_threshold (default: DBCacheConfig's)")
 
     def _explain(a: argparse.Namespace) -> int:
-        from .explain import cli as explain_cli  # dit_cachepass.explain, the module
+        from ..explain import cli as explain_cli  # dit_cachepass.explain, the module
 
         return explain_cli(a)
     x.set_defaults(func=_explain)
