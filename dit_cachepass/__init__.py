@@ -12,7 +12,8 @@ from .compiler.flops import count_flops
 from .config import (CalibratorConfig, DBCacheConfig, DBPruneConfig, DMDCalibratorConfig, FBCacheConfig,
                      FoCaCalibratorConfig, ParallelismConfig, ParamsModifier, TaylorSeerCalibratorConfig)
 from .compiler.patterns import ForwardPattern
-from .runtime.session import ConcurrentCallError, UnsupportedModelError
+from .runtime.calls import ConcurrentCallError
+from .runtime.session import UnsupportedModelError
 from .compiler.lower import CompileOptions
 from .stats import Summary
 from .tune import TuneReport, tune

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import types
 from typing import Any, Callable, Optional, Union
 
 import torch

@@ -261,7 +261,7 @@ def test_models_behind_a_diffusers_hook_get_their_own_dynamo_cache():
 def test_the_timestep_is_read_after_the_fn_piece(monkeypatch):
     """Reading a GPU timestep is a host sync: it waits until the decision needs it (after the Fn
     blocks were launched), where the diff's own sync happens anyway."""
-    import dit_cachepass.runtime.session as session_mod
+    import dit_cachepass.runtime.calls as session_mod
 
     _, m = make()
     call(m, 0)

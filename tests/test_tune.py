@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import dit_cachepass as dcp
-from dit_cachepass.tune import (Simulation, _Stream, _speedup, output_error, pairwise_from_consecutive, propose,
-                                simulate)
+from dit_cachepass.tuning.observe import output_error
+from dit_cachepass.tuning.simulate import Simulation, _Stream, _speedup, pairwise_from_consecutive, propose, simulate
 
 # consecutive diffs: d[k] = diff of step k vs step k-1 (d[0] unused)
 DIFFS = [None, 0.5, 0.05, 0.05, 0.05, 0.05, 0.5, 0.05, 0.05]
