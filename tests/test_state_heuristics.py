@@ -125,10 +125,9 @@ def test_colliding_timesteps_without_names_compute_instead_of_guessing():
         assert_same(outs[k], run(ref, [calls[k]])[0])
 
 
-@pytest.mark.parametrize("mode", [None, True])
-def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode):
-    steps = range(6)
-    m = model(enable_separate_cfg=mode)
+def _flaky(m) -> dict:
+    """Compile ``m``, start over, and make its last non-middle piece raise once each time the
+    returned dict's "armed" is set (a simulated out-of-memory)."""
     with torch.no_grad():
         m(**branch_x(1000, 0))  # compile, then start over
     dcp.refresh(m)
@@ -143,6 +142,14 @@ def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode)
         return real(*args)
 
     runner.fns[k] = flaky
+    return fail
+
+
+@pytest.mark.parametrize("mode", [None, True])
+def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode):
+    steps = range(6)
+    m = model(enable_separate_cfg=mode)
+    fail = _flaky(m)
     outs = {0: [], 1: []}
     with torch.no_grad():
         for s in steps:
@@ -166,20 +173,7 @@ def test_a_call_that_raises_and_is_not_retried_never_shifts_the_branches():
     at that timestep lost a call: the uncond call must not be filed as cond (it would reuse the
     cond residual); it computes, and later steps are placed as before, in one generation."""
     m, ref = model(residual_diff_threshold=1.0), plain()
-    with torch.no_grad():
-        m(**branch_x(1000, 0))  # compile, then start over
-    dcp.refresh(m)
-    runner = m._dit_cachepass.runners[0]
-    k = max(i for i, p in enumerate(runner.prog.pieces) if p.kind != "middle")
-    real, fail = runner.fns[k], {"armed": False}
-
-    def flaky(*args):
-        if fail["armed"]:
-            fail["armed"] = False
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real(*args)
-
-    runner.fns[k] = flaky
+    fail = _flaky(m)
     with torch.no_grad(), pytest.warns(UserWarning, match="not a retry"):
         for s in range(6):
             for br in (0, 1):
