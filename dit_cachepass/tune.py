@@ -48,6 +48,8 @@ from .tuning.observe import (OBSERVE_THRESHOLD, _pairwise, _Recorder, _reconfigu
 from .tuning.report import LoopRows, StepRow, TuneReport, VerifyRun, _fmt  # noqa: F401 (the report's types)
 from .tuning.simulate import Proposal, _next_threshold, _speedup, _Stream, pairwise_from_consecutive, propose, simulate
 
+POLICIES = ("dbcache", "planned", "checked")  # dcp.tune(policies=...): DBCache is always proposed
+
 
 def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2.0,
          cache_config: Optional[DBCacheConfig] = None, *, metric: str = "steps", backend: str = "inductor",
@@ -77,8 +79,11 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     ``policies``: also try ``"planned"``: a static ``steps_computation_mask`` with the most
     computed steps that still reach the target, planned on the observed generation
     (``dit_cachepass.tuning.planner``) with the filler (none, TaylorSeer order 1 or 2) whose replayed
-    path error is lowest, verified like the DBCache proposal; the policy with the better verified
-    output (PSNR, else relative L1) among those reaching the target wins. A bare module only.
+    path error is lowest; and / or ``"checked"``: a checked forecast (``forecast_check=True``)
+    whose threshold, warmup, cap and calibrator (TaylorSeer order 1 or 2, DMD) are searched by
+    replaying its decisions on the observed generation (``dit_cachepass.tuning.checked``). Each
+    is verified like the DBCache proposal; the policy with the better verified output (PSNR,
+    else relative L1) among those reaching the target wins. A bare module with one loop only.
 
     Leaves the module(s) compiled with the proposed config. Returns a :class:`TuneReport`.
     """
@@ -92,10 +97,11 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     if not isinstance(base, DBCacheConfig) or base.cache_type != "DBCache":
         raise TypeError("dcp.tune tunes a DBCacheConfig (DBPrune is not supported)")
     base.validate()
-    unknown = [p for p in policies if p not in ("dbcache", "planned")]
-    if unknown or "dbcache" not in policies:
-        raise ValueError(f"policies={tuple(policies)!r} is invalid: expected 'dbcache' and optionally 'planned'")
-    planned = "planned" in policies
+    unknown = [p for p in policies if p not in POLICIES]
+    if isinstance(policies, str) or unknown or "dbcache" not in policies:
+        raise ValueError(f"policies={policies!r} is invalid: expected a tuple with 'dbcache' and optionally "
+                         "'planned' and / or 'checked'")
+    extra = [p for p in POLICIES[1:] if p in policies]
     extract = output or (lambda r: r)
     targets = _targets(pipe_or_module)
     if not targets:
@@ -125,7 +131,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     recorder = _Recorder(sessions, max_residual_bytes)
     hooks = [m.register_forward_hook(recorder) for m in targets]
     traj_rec = None
-    if planned and isinstance(pipe_or_module, torch.nn.Module):
+    if extra and isinstance(pipe_or_module, torch.nn.Module):
         from .tuning.planner import TrajectoryRecorder
 
         traj_rec = TrajectoryRecorder(sessions[0], max_residual_bytes)
@@ -247,8 +253,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
                         run.flops_speedup, run.speedup >= target_speedup - 1e-9, loops, runs, approximation,
                         run.rel_l1, run.psnr, out, reference, notes, calibrator_config)
     report.candidates.append(("dbcache", final_cfg.strify(), run.speedup, run.psnr, run.rel_l1))
-    if planned:
-        _try_planned(report, pipe_or_module, traj_rec, streams, full, base, generate, backend, path)
+    if extra:
+        _try_policies(report, extra, pipe_or_module, traj_rec, streams, full, base, generate, backend, path)
     return report
 
 
@@ -263,41 +269,54 @@ def _better(a: tuple, b: tuple, target: float) -> bool:
     return a[2] is not None and b[2] is not None and a[2] < b[2]
 
 
-def _try_planned(report: TuneReport, module: Any, traj_rec: Any, streams: list, full: float,
-                 base: DBCacheConfig, generate: Callable[[], Any], backend: str, path: str) -> None:
-    """Verify a planned static schedule against the DBCache proposal in ``report``; keep the
-    better one (the module is left compiled with it) and record both in ``report.candidates``."""
+def _try_policies(report: TuneReport, policies: Sequence[str], module: Any, traj_rec: Any, streams: list,
+                  full: float, base: DBCacheConfig, generate: Callable[[], Any], backend: str, path: str) -> None:
+    """Propose a planned schedule and / or a checked forecast on the observed trajectory, verify
+    each like the DBCache proposal and keep the best (the module is left compiled with it); every
+    verified candidate is recorded in ``report.candidates``."""
     from . import api
-    from .tuning import planner
+    from .tuning import checked, planner
 
     trajs = traj_rec.trajectories() if traj_rec is not None and not traj_rec.overflow else {}
     if len(trajs) != 1 or len(streams) != 1:
-        report.notes.append("planned: tried on a bare module with one cached loop and branch only; skipped")
+        report.notes.append(f"{'/'.join(policies)}: tried on a bare module with one cached loop and branch only; "
+                            "skipped")
         return
     traj = next(iter(trajs.values()))
     n = len(traj[planner.GUIDE_STREAM])
     computed = planner.budget_for(n, report.target_speedup, full, streams[0].weight)
-    mask, cal, _ = planner.plan(traj, computed)
-    cfg = base.update(steps_computation_mask=mask, steps_computation_policy="static", max_warmup_steps=0)
-    api.compile(module, cfg, calibrator_config=cal, backend=backend, path=path)
-    out = generate()
-    summ = Summary.from_session(api._session(module))
-    cached = len(summ.cached_steps)
-    speedup = full / (full - streams[0].weight * cached) if full > streams[0].weight * cached else math.inf
-    rel, psnr = output_error(out, report.reference_output)
-    tag = cfg.strify() + (f"+{cal.strify()}" if cal is not None else "")
-    report.candidates.append(("planned", tag, speedup, psnr, rel))
-    if _better((speedup, psnr, rel), (report.ideal_speedup, report.psnr, report.rel_l1), report.target_speedup):
-        report.config, report.calibrator_config, report.policy = cfg, cal, "planned"
-        report.ideal_speedup, report.psnr, report.rel_l1, report.output = speedup, psnr, rel, out
-        report.step_speedup = n / (n - cached) if n > cached else math.inf
-        report.flops_speedup = summ.ideal_speedup
-        report.reached = speedup >= report.target_speedup - 1e-9
-        report.notes.append(f"planned schedule wins: {tag} (verified {speedup:.2f}x, PSNR {_fmt(psnr, '.1f')} dB)")
-    else:
+    proposals: list[tuple[str, DBCacheConfig, Optional[CalibratorConfig]]] = []
+    if "planned" in policies:
+        mask, cal, _ = planner.plan(traj, computed)
+        proposals.append(("planned", base.update(steps_computation_mask=mask, steps_computation_policy="static",
+                                                 max_warmup_steps=0), cal))
+    if "checked" in policies:
+        found = checked.search(traj, base, n - computed, checked._calibrators())
+        if found is None:
+            report.notes.append("checked: no threshold caches enough steps for the target in the replay")
+        else:
+            proposals.append(("checked", found.config, found.calibrator))
+    for policy, cfg, cal in proposals:
+        api.compile(module, cfg, calibrator_config=cal, backend=backend, path=path)
+        out = generate()
+        summ = Summary.from_session(api._session(module))
+        cached = len(summ.cached_steps)
+        speedup = full / (full - streams[0].weight * cached) if full > streams[0].weight * cached else math.inf
+        rel, psnr = output_error(out, report.reference_output)
+        tag = cfg.strify() + (f"+{cal.strify()}" if cal is not None else "")
+        report.candidates.append((policy, tag, speedup, psnr, rel))
+        if _better((speedup, psnr, rel), (report.ideal_speedup, report.psnr, report.rel_l1), report.target_speedup):
+            report.config, report.calibrator_config, report.policy = cfg, cal, policy
+            report.ideal_speedup, report.psnr, report.rel_l1, report.output = speedup, psnr, rel, out
+            report.step_speedup = n / (n - cached) if n > cached else math.inf
+            report.flops_speedup = summ.ideal_speedup
+            report.reached = speedup >= report.target_speedup - 1e-9
+            verdict = "leads"
+        else:
+            verdict = "tried and lost"
+        report.notes.append(f"{policy} {verdict}: {tag} (verified {speedup:.2f}x, PSNR {_fmt(psnr, '.1f')} dB)")
+    if report.policy != "dbcache" or proposals:  # leave the module compiled with the winner
         api.compile(module, report.config, calibrator_config=report.calibrator_config, backend=backend, path=path)
-        report.notes.append(f"planned schedule tried and lost: {tag} (verified {speedup:.2f}x, "
-                            f"PSNR {_fmt(psnr, '.1f')} dB)")
 
 
 def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1, Fn: int = 1, Bn: int = 0,

@@ -111,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="compiler (default: eager; decisions do not depend on it)")
     tn.add_argument("--refine", type=int, default=2, help="extra verify runs if the first falls short (default: 2)")
     tn.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    tn.add_argument("--policies", nargs="+", choices=["dbcache", "planned"], default=["dbcache"],
+    tn.add_argument("--policies", nargs="+", choices=["dbcache", "planned", "checked"], default=["dbcache"],
                     help="policies to verify; the better verified one wins (default: dbcache)")
     tn.set_defaults(func=_tune)
     x = sub.add_parser("explain", help="what the pass would cache in a diffusers transformer class, or why not "

@@ -1,0 +1,115 @@
+"""Tune a checked forecast (``DBCacheConfig(forecast_check=True)``) on an observed trajectory.
+
+A checked step compares the Fn residual the blocks just produced with the calibrator's
+forecast of it; its diff therefore depends on which steps computed before (they feed the
+calibrator), so it cannot be read off a table of pairwise diffs as DBCache's can. ``replay``
+runs the decision rule chain (``DBCachePolicy``) and the calibrator over the observed steps
+instead, and scores the path as ``planner.path_error`` does: the summed relative forecast
+error of the middle over the cached steps. ``search`` finds, per calibrator, warmup and
+continuous cap, the lowest threshold that caches enough steps for a budget, and keeps the
+setting whose replayed path error is lowest. Nothing here runs the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ..config import CalibratorConfig, DBCacheConfig
+from ..runtime.calibrators import make_calibrator
+from ..runtime.policy import DBCachePolicy
+from ..runtime.state import GUIDE_STREAM, _copy_calibrator
+from .planner import Trajectory, _enabled, _streams
+
+
+def _calibrators() -> tuple[CalibratorConfig, ...]:
+    from ..config import DMDCalibratorConfig, TaylorSeerCalibratorConfig
+
+    return (TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
+            DMDCalibratorConfig())
+
+
+def _rel(pred: torch.Tensor, truth: torch.Tensor, den: torch.Tensor) -> float:
+    return float((pred - truth).abs().sum() / den.abs().sum().clamp_min(1e-30))
+
+
+def replay(traj: Trajectory, config: DBCacheConfig, calibrator: CalibratorConfig,
+           memo: Optional[dict] = None) -> tuple[list[int], float]:
+    """(cached steps, path error) of ``config`` with ``forecast_check`` and ``calibrator`` on
+    the observed trajectory. The diff is the runtime's: sum|measured - forecast| / sum|forecast|.
+    ``memo``: forecast errors by (calibrator, computed steps so far, step), shared by the
+    replays of one search (a forecast depends on nothing else)."""
+    n = len(traj[GUIDE_STREAM])
+    streams = _streams(traj)
+    policy = DBCachePolicy(config)
+    cal = make_calibrator(_enabled(calibrator))
+    memo = {} if memo is None else memo
+    tag = calibrator.strify()
+    history: tuple[int, ...] = ()
+    cached: list[int] = []
+    continuous, total = 0, 0.0
+    for k in range(n):
+        def diff(k: int = k) -> float:
+            key = (tag, history, k, GUIDE_STREAM)
+            if key not in memo:  # on a copy: some forecasters roll their window per forecast
+                pred = _copy_calibrator(cal).forecast(GUIDE_STREAM, k, None)
+                memo[key] = _rel(traj[GUIDE_STREAM][k], pred, pred)
+            return memo[key]
+
+        d = policy.decide(k, len(cached), continuous, 0.0, bool(history), diff)
+        if d.cache:
+            cached.append(k)
+            continuous += 1
+            key = (tag, history, k, None)
+            if key not in memo:
+                memo[key] = sum(_rel(_copy_calibrator(cal).forecast(s, k, None), traj[s][k], traj[s][k])
+                                for s in streams)
+            total += memo[key]
+        else:
+            for s in [*streams, GUIDE_STREAM]:
+                cal.update(s, traj[s][k], k)
+            history, continuous = (*history, k), 0
+    return cached, total
+
+
+@dataclass
+class CheckedPlan:
+    config: DBCacheConfig
+    calibrator: CalibratorConfig
+    cached: list[int]
+    path_error: float
+
+
+def search(traj: Trajectory, base: DBCacheConfig, cached_needed: int, calibrators: Sequence[CalibratorConfig],
+           warmups: Sequence[int] = (1, 2, 3), continuous: Sequence[int] = (1, 2, 3, 4, -1),
+           lo: float = 1e-4, hi: float = 2.0, iterations: int = 14) -> Optional[CheckedPlan]:
+    """Per calibrator, warmup and cap: the lowest threshold (bisection in log space between
+    ``lo`` and ``hi``) whose replay caches at least ``cached_needed`` steps; of those, the one
+    with the lowest path error. None when no setting caches enough."""
+    best: Optional[CheckedPlan] = None
+    memo: dict = {}
+    for cal in calibrators:
+        for w in warmups:
+            for mc in continuous:
+                def run(t: float) -> tuple[DBCacheConfig, list[int], float]:
+                    cfg = base.update(residual_diff_threshold=t, max_warmup_steps=w, max_continuous_cached_steps=mc,
+                                      forecast_check=True, steps_computation_mask=None)
+                    return (cfg, *replay(traj, cfg, cal, memo))
+
+                top = run(hi)
+                if len(top[1]) < cached_needed:
+                    continue
+                a, b, found = math.log(lo), math.log(hi), top
+                for _ in range(iterations):  # more threshold never caches less (nearly true)
+                    mid = run(math.exp((a + b) / 2))
+                    if len(mid[1]) >= cached_needed:
+                        b, found = (a + b) / 2, mid
+                    else:
+                        a = (a + b) / 2
+                cfg, cached, err = found
+                if best is None or err < best.path_error:
+                    best = CheckedPlan(cfg, cal, cached, err)
+    return best
