@@ -152,15 +152,17 @@ def _dbprune(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
                                                    max_warmup_steps=2), None) for t in ctx.thresholds]
 
 
-def _checked(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
-    """DBCache whose diff is a checked forecast (``forecast_check``): the Fn residual against
-    TaylorSeer's forecast of it. Its diffs are forecast errors, smaller than DBCache's step-to-step
-    diffs, hence the lower thresholds."""
-    return [(f"F1B0 R{t:g} W2 MC{mc} T1O1 FC",
-             dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=t, max_warmup_steps=2,
-                               max_continuous_cached_steps=mc, forecast_check=True),
-             dcp.TaylorSeerCalibratorConfig(taylorseer_order=1))
-            for mc in ctx.max_continuous for t in sorted({round(t / 3, 3) for t in ctx.thresholds})]
+def _checked_family(calibrator: Callable[[], CalibratorConfig], tag: str):
+    def family(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
+        """DBCache whose diff is a checked forecast (``forecast_check``): the Fn residual against
+        the calibrator's forecast of it. Its diffs are forecast errors, smaller than DBCache's
+        step-to-step diffs, hence the lower thresholds."""
+        return [(f"F1B0 R{t:g} W2 MC{mc} {tag} FC",
+                 dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=t,
+                                   max_warmup_steps=2, max_continuous_cached_steps=mc, forecast_check=True),
+                 calibrator())
+                for mc in ctx.max_continuous for t in sorted({round(t / 3, 3) for t in ctx.thresholds})]
+    return family
 
 
 def _planned(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
@@ -195,7 +197,8 @@ FAMILIES: dict[str, Callable[[ModelSpec, CalibrationContext], list[Point]]] = {
     "DBPrune": _dbprune,
 }
 CACHE_DIT_FAMILIES = tuple(FAMILIES)   # the anchors; families added later are compared against them
-FAMILIES["checked"] = _checked
+FAMILIES["checked"] = _checked_family(lambda: dcp.TaylorSeerCalibratorConfig(taylorseer_order=1), "T1O1")
+FAMILIES["checked DMD"] = _checked_family(dcp.DMDCalibratorConfig, "DMD")
 FAMILIES["planned"] = _planned
 
 

@@ -57,7 +57,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
          max_continuous_cached_steps: Optional[int] = None, continuous_choices: Sequence[int] = (1, 2, 3, 4, -1),
          margin: float = 0.02, refine: int = 2, max_residual_bytes: int = 2 << 30,
          output: Optional[Callable[[Any], Any]] = None, path: str = "auto",
-         policies: Sequence[str] = ("dbcache",)) -> TuneReport:
+         policies: Sequence[str] = ("dbcache",), min_psnr: Optional[float] = None, probes: int = 5) -> TuneReport:
     """Propose a DBCache threshold, warmup and continuous-step cap for ``target_speedup``, then
     verify it (see the module docstring).
 
@@ -85,9 +85,22 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     is verified like the DBCache proposal; the policy with the better verified output (PSNR,
     else relative L1) among those reaching the target wins. A bare module with one loop only.
 
+    ``min_psnr``: a quality floor instead of a speed target: the fastest verified run whose
+    output PSNR against the uncached one is at least ``min_psnr`` dB, searched by bisection over
+    targets between 1 and ``target_speedup`` (``probes`` tunings at most, each as above; every
+    verified candidate lands in ``report.candidates``, the frontier the search saw). When no
+    probe meets the floor, the best-PSNR one is returned with ``reached=False``.
+
     Leaves the module(s) compiled with the proposed config. Returns a :class:`TuneReport`.
     """
     from . import api
+
+    if min_psnr is not None:
+        kwargs = dict(metric=metric, backend=backend, calibrator_config=calibrator_config,
+                      max_warmup_steps=max_warmup_steps, max_continuous_cached_steps=max_continuous_cached_steps,
+                      continuous_choices=continuous_choices, margin=margin, refine=refine,
+                      max_residual_bytes=max_residual_bytes, output=output, path=path, policies=policies)
+        return _tune_for_floor(pipe_or_module, call, float(min_psnr), target_speedup, cache_config, probes, kwargs)
 
     if metric not in ("steps", "flops"):
         raise ValueError(f"metric={metric!r} is invalid: expected 'steps' or 'flops'")
@@ -256,6 +269,44 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     if extra:
         _try_policies(report, extra, pipe_or_module, traj_rec, streams, full, base, generate, backend, path)
     return report
+
+
+def _tune_for_floor(pipe_or_module: Any, call: Callable[[], Any], floor: float, top: float,
+                    cache_config: Optional[DBCacheConfig], probes: int, kwargs: dict) -> TuneReport:
+    """``tune(min_psnr=floor)``: bisection over the target speedup in [1, ``top``]; the fastest
+    verified report at or above the floor wins. The module is left compiled with the winner."""
+    if not (isinstance(floor, float) and math.isfinite(floor)):
+        raise ValueError(f"min_psnr={floor!r} is invalid: expected a finite number of dB")
+    if not (isinstance(probes, int) and probes >= 1):
+        raise ValueError(f"probes={probes!r} is invalid: expected an int >= 1")
+    lo, hi, target = 1.0, float(top), float(top)
+    seen: list[TuneReport] = []
+    for _ in range(probes):
+        r = tune(pipe_or_module, call, target, cache_config, **kwargs)
+        seen.append(r)
+        if r.psnr is None:
+            raise ValueError("min_psnr: the output of call() has no PSNR (not image-like, 3+ dims); pass output= "
+                             "to map it to an image tensor")
+        if r.psnr >= floor:
+            lo = max(lo, r.ideal_speedup)
+            if r.ideal_speedup >= hi - 1e-3:
+                break
+        else:
+            hi = min(hi, target)
+        target = (lo + hi) / 2
+        if hi - lo < 0.05:
+            break
+    ok = [r for r in seen if r.psnr >= floor]
+    best = max(ok, key=lambda r: (r.ideal_speedup, r.psnr)) if ok else max(seen, key=lambda r: r.psnr)
+    if best is not seen[-1]:  # leave the module(s) as the winner's run left them: tune it again (deterministic)
+        best = tune(pipe_or_module, call, best.target_speedup, cache_config, **kwargs)
+    best.reached = best.psnr is not None and best.psnr >= floor
+    best.candidates = [c for r in seen for c in r.candidates]
+    best.notes.append(f"quality floor {floor:g} dB: {len(seen)} probes, targets "
+                      + ", ".join(f"{r.target_speedup:.2f}x -> {r.ideal_speedup:.2f}x at {_fmt(r.psnr, '.1f')} dB"
+                                  for r in seen)
+                      + ("" if ok else "; none met the floor: the best-PSNR run is returned"))
+    return best
 
 
 def _better(a: tuple, b: tuple, target: float) -> bool:

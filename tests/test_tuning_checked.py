@@ -72,3 +72,22 @@ def test_tune_verifies_a_checked_forecast_and_its_report_reproduces_the_verified
     dcp.compile(fresh, report.config, calibrator_config=report.calibrator_config, backend="eager")
     with dcp.generation(fresh):
         assert torch.equal(sample(fresh, torch.arange(10), steps=STEPS, seed=5, info=info), report.output)
+
+
+def test_tune_with_a_quality_floor_returns_the_fastest_verified_run_above_it():
+    """``min_psnr``: bisection over targets; every probe's candidates are kept (the frontier seen),
+    the report is the fastest one at or above the floor, and the module is left as its run."""
+    torch.set_num_threads(1)
+    model, info = load_digits_dit()
+    call = lambda: sample(model, torch.arange(10), steps=STEPS, seed=5, info=info)  # noqa: E731
+    floor = 35.0
+    report = dcp.tune(model, call, 3.0, BASE, backend="eager", min_psnr=floor, probes=4)
+    assert report.reached and report.psnr >= floor
+    seen = [c for c in report.candidates if c[3] is not None]
+    assert len(seen) >= 2 and "quality floor" in report.notes[-1]
+    assert report.ideal_speedup == pytest.approx(max(c[2] for c in seen if c[3] >= floor))
+    assert any(c[3] < floor for c in seen) or report.ideal_speedup >= 3.0 - 1e-3  # the floor bound the search
+    with dcp.generation(model):
+        assert torch.equal(sample(model, torch.arange(10), steps=STEPS, seed=5, info=info), report.output)
+    with pytest.raises(ValueError, match="min_psnr"):
+        dcp.tune(model, call, 2.0, BASE, backend="eager", min_psnr=float("nan"))
