@@ -393,7 +393,8 @@ def run_cli(args: Any) -> int:
     """``python -m dit_cachepass tune``: tune on the shipped digits model and print the report."""
     report, acc_ref, acc = tune_digits(args.target, steps=args.steps, per_class=args.per_class, Fn=args.fn, Bn=args.bn,
                                        backend=args.backend, metric=args.metric, seed=args.seed, refine=args.refine,
-                                       policies=tuple(dict.fromkeys(["dbcache", *getattr(args, "policies", [])])))
+                                       policies=tuple(dict.fromkeys(["dbcache", *getattr(args, "policies", [])])),
+                                       min_psnr=getattr(args, "min_psnr", None))
     print(report)
     print(f"digit accuracy (shipped classifier, {10 * args.per_class} samples): uncached {acc_ref:.0%}, "
           f"tuned {acc:.0%}")

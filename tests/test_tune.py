@@ -107,11 +107,14 @@ def test_output_error():
 def test_cli_tune_arguments(monkeypatch):
     from dit_cachepass.tools import cli
 
-    seen = {}
-    monkeypatch.setattr(sys.modules["dit_cachepass.tune"], "run_cli", lambda a: seen.setdefault("args", a) and 0)
+    seen = []
+    monkeypatch.setattr(sys.modules["dit_cachepass.tune"], "run_cli", lambda a: seen.append(a) or 0)
     assert cli.main(["tune", "--target", "1.5", "--steps", "12", "--metric", "flops"]) == 0
-    a = seen["args"]
+    a = seen[-1]
     assert (a.target, a.steps, a.metric, a.fn, a.bn, a.backend) == (1.5, 12, "flops", 1, 0, "eager")
+    assert a.min_psnr is None and a.policies == ["dbcache"]
+    assert cli.main(["tune", "--min-psnr", "40", "--policies", "planned", "checked"]) == 0
+    assert seen[-1].min_psnr == 40.0 and seen[-1].policies == ["planned", "checked"]
 
 
 def test_tune_digits_reaches_the_target_and_keeps_accuracy():

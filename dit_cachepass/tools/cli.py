@@ -113,6 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tn.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     tn.add_argument("--policies", nargs="+", choices=["dbcache", "planned", "checked"], default=["dbcache"],
                     help="policies to verify; the better verified one wins (default: dbcache)")
+    tn.add_argument("--min-psnr", type=float, default=None,
+                    help="a quality floor (dB) instead of a speed target: the fastest verified run at or above it, "
+                         "searched up to --target")
     tn.set_defaults(func=_tune)
     x = sub.add_parser("explain", help="what the pass would cache in a diffusers transformer class, or why not "
                                        "(a tiny random instance, offline)")
