@@ -68,13 +68,18 @@ class Summary:
             for piece, f in zip(runner.prog.pieces, flops):
                 if piece.kind == "middle":
                     middle.setdefault(runner.loop_names[piece.loop], {})[piece.block] = f
-        loops = []
+        loops, names = [], []
+        # the current generation's loops; a branch that did not run in it (a pipeline without
+        # CFG after one with it) is not shown with an older generation's records
+        current = any(s.records for s in session.states.values())
         for (name, _branch), s in session.states.items():
+            if current and not s.records:
+                continue
             steps = s.records if s.records or not s.history else s.history[-1]
             loops.append(LoopSummary(s.name, list(steps), s.finished + (1 if s.records else 0),
                                      middle.get(name, {})))
-        first = next(iter(session.states), (None, 0))[0]
-        calls = sum(len(l.steps) for (name, _), l in zip(session.states, loops) if name == first)
+            names.append(name)
+        calls = sum(len(l.steps) for name, l in zip(names, loops) if name == names[0])
         return cls(loops, session.config.strify(), sum(flops), calls, session.config.threshold)
 
     @property
