@@ -145,25 +145,33 @@ def _flaky(m) -> dict:
     return fail
 
 
-@pytest.mark.parametrize("mode", [None, True])
-def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode):
-    steps = range(6)
-    m = model(enable_separate_cfg=mode)
-    fail = _flaky(m)
-    outs = {0: [], 1: []}
+def _cfg_steps_with_a_failing_cond_call(m, fail: dict, retry: bool) -> dict:
+    """Six steps of cond + uncond calls; the cond call of step 3 raises once and is repeated
+    (``retry``) or not. Returns {(step, branch): output}."""
+    outs = {}
     with torch.no_grad():
-        for s in steps:
+        for s in range(6):
             for br in (0, 1):
                 x = branch_x(1000 - 50 * s, br)
                 if s == 3 and br == 0:
                     fail["armed"] = True
                     with pytest.raises(RuntimeError, match="simulated"):
                         m(**x)
-                outs[br].append(m(**x))
+                    if not retry:
+                        continue
+                outs[s, br] = m(**x)
+    return outs
+
+
+@pytest.mark.parametrize("mode", [None, True])
+def test_a_call_that_raises_and_is_retried_is_filed_like_the_first_attempt(mode):
+    steps = range(6)
+    m = model(enable_separate_cfg=mode)
+    outs = _cfg_steps_with_a_failing_cond_call(m, _flaky(m), retry=True)
     ts = [1000 - 50 * s for s in steps]
     for br in (0, 1):
-        for a, b in zip(outs[br], _independent(br, ts)):
-            assert_same(a, b)
+        for s, b in zip(steps, _independent(br, ts)):
+            assert_same(outs[s, br], b)
     loops = dcp.summary(m).loops
     assert [len(l.steps) for l in loops] == [6, 6] and loops[0].cached_steps
 
@@ -173,19 +181,10 @@ def test_a_call_that_raises_and_is_not_retried_never_shifts_the_branches():
     at that timestep lost a call: the uncond call must not be filed as cond (it would reuse the
     cond residual); it computes, and later steps are placed as before, in one generation."""
     m, ref = model(residual_diff_threshold=1.0), plain()
-    fail = _flaky(m)
-    with torch.no_grad(), pytest.warns(UserWarning, match="not a retry"):
-        for s in range(6):
-            for br in (0, 1):
-                x = branch_x(1000 - 50 * s, br)
-                if s == 3 and br == 0:
-                    fail["armed"] = True
-                    with pytest.raises(RuntimeError, match="simulated"):
-                        m(**x)
-                    continue
-                out = m(**x)
-                if s == 3:
-                    assert_same(out, ref(**x))
+    with pytest.warns(UserWarning, match="not a retry"):
+        outs = _cfg_steps_with_a_failing_cond_call(m, _flaky(m), retry=False)
+    with torch.no_grad():
+        assert_same(outs[3, 1], ref(**branch_x(1000 - 50 * 3, 1)))
     loops = dcp.summary(m).loops
     assert [[r.step for r in l.steps] for l in loops] == [[0, 1, 2, 4, 5]] * 2
     assert all(r.cached for l in loops for r in l.steps[1:])

@@ -25,34 +25,26 @@ def test_inference_mode_caches_like_no_grad():
     assert records(pipe.transformer) == recs and dcp.summary(pipe.transformer).cached_steps
 
 
-def test_an_interrupted_generation_leaves_nothing_for_the_next():
-    """``pipe._interrupt`` set from a step callback (diffusers' documented way to stop early)."""
+def _stop_at_step_1(p, i, t, kw):
+    p._interrupt = i == 1 or p._interrupt  # diffusers' documented way to stop early
+    return kw
+
+
+def _raise_at_step_1(p, i, t, kw):
+    if i == 1:
+        raise KeyboardInterrupt("user pressed Ctrl-C (simulated)")
+    return kw
+
+
+@pytest.mark.parametrize("callback", [_stop_at_step_1, _raise_at_step_1], ids=["interrupt", "raise"])
+def test_a_generation_stopped_midway_leaves_nothing_for_the_next(callback):
+    """A step callback stops the generation at step 1 (``pipe._interrupt``) or raises (Ctrl-C)."""
     pipe = pipe_for(FluxPipeline, tiny_flux(), max_warmup_steps=0)
-
-    def stop(p, i, t, kw):
-        if i == 1:
-            p._interrupt = True
-        return kw
-
-    pipe(**prompt(5), true_cfg_scale=2.0, height=32, width=32, num_inference_steps=4, guidance_scale=1.0,
-         output_type="latent", generator=torch.Generator().manual_seed(5), callback_on_step_end=stop)
-    out = t2i(pipe, 1, 3)
-    want, recs = fresh_t2i(1, 3)
-    torch.testing.assert_close(out, want, rtol=0, atol=0)
-    assert records(pipe.transformer) == recs
-
-
-def test_a_callback_that_raises_mid_generation_leaves_nothing_for_the_next():
-    pipe = pipe_for(FluxPipeline, tiny_flux(), max_warmup_steps=0)
-
-    def boom(p, i, t, kw):
-        if i == 1:
-            raise KeyboardInterrupt("user pressed Ctrl-C (simulated)")
-        return kw
-
-    with pytest.raises(KeyboardInterrupt):
+    try:
         pipe(**prompt(5), true_cfg_scale=2.0, height=32, width=32, num_inference_steps=4, guidance_scale=1.0,
-             output_type="latent", generator=torch.Generator().manual_seed(5), callback_on_step_end=boom)
+             output_type="latent", generator=torch.Generator().manual_seed(5), callback_on_step_end=callback)
+    except KeyboardInterrupt:
+        assert callback is _raise_at_step_1
     out = t2i(pipe, 1, 3)
     want, recs = fresh_t2i(1, 3)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
