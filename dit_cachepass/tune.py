@@ -83,7 +83,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     whose threshold, warmup, cap and calibrator (TaylorSeer order 1 or 2, DMD) are searched by
     replaying its decisions on the observed generation (``dit_cachepass.tuning.checked``). Each
     is verified like the DBCache proposal; the policy with the better verified output (PSNR,
-    else relative L1) among those reaching the target wins. A bare module with one loop only.
+    else relative L1) among those reaching the target wins. One transformer (a bare module or a
+    pipeline with one): its loops and CFG branches share the mask / config.
 
     ``min_psnr``: a quality floor instead of a speed target: the fastest verified run whose
     output PSNR against the uncached one is at least ``min_psnr`` dB, searched by bisection over
@@ -144,11 +145,11 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     recorder = _Recorder(sessions, max_residual_bytes)
     hooks = [m.register_forward_hook(recorder) for m in targets]
     traj_rec = None
-    if extra and isinstance(pipe_or_module, torch.nn.Module):
+    if extra and len(targets) == 1:
         from .tuning.planner import TrajectoryRecorder
 
         traj_rec = TrajectoryRecorder(sessions[0], max_residual_bytes)
-        hooks.append(pipe_or_module.register_forward_hook(traj_rec))
+        hooks.append(targets[0].register_forward_hook(traj_rec))
     try:
         reference = generate()
     finally:
@@ -267,7 +268,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
                         run.rel_l1, run.psnr, out, reference, notes, calibrator_config)
     report.candidates.append(("dbcache", final_cfg.strify(), run.speedup, run.psnr, run.rel_l1))
     if extra:
-        _try_policies(report, extra, pipe_or_module, traj_rec, streams, full, base, generate, backend, path)
+        _try_policies(report, extra, pipe_or_module, targets, traj_rec, streams, full, base, generate, backend, path)
     return report
 
 
@@ -320,39 +321,51 @@ def _better(a: tuple, b: tuple, target: float) -> bool:
     return a[2] is not None and b[2] is not None and a[2] < b[2]
 
 
-def _try_policies(report: TuneReport, policies: Sequence[str], module: Any, traj_rec: Any, streams: list,
-                  full: float, base: DBCacheConfig, generate: Callable[[], Any], backend: str, path: str) -> None:
-    """Propose a planned schedule and / or a checked forecast on the observed trajectory, verify
-    each like the DBCache proposal and keep the best (the module is left compiled with it); every
-    verified candidate is recorded in ``report.candidates``."""
+def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: Any, targets: list, traj_rec: Any,
+                  streams: list, full: float, base: DBCacheConfig, generate: Callable[[], Any], backend: str,
+                  path: str) -> None:
+    """Propose a planned schedule and / or a checked forecast on the observed trajectories (every
+    cached loop and CFG branch of the one transformer: a mask or config serves them all), verify
+    each like the DBCache proposal and keep the best (the transformer is left compiled with it);
+    every verified candidate is recorded in ``report.candidates``."""
     from . import api
     from .tuning import checked, planner
 
     trajs = traj_rec.trajectories() if traj_rec is not None and not traj_rec.overflow else {}
-    if len(trajs) != 1 or len(streams) != 1:
-        report.notes.append(f"{'/'.join(policies)}: tried on a bare module with one cached loop and branch only; "
-                            "skipped")
+    weights = {st.name: st.weight for st in streams}
+    lengths = {len(t[planner.GUIDE_STREAM]) for t in trajs.values()}
+    if not trajs or set(trajs) != set(weights) or len(lengths) != 1:
+        report.notes.append(f"{'/'.join(policies)}: needs one transformer whose every loop and branch computed "
+                            "each observed step; skipped")
         return
-    traj = next(iter(trajs.values()))
-    n = len(traj[planner.GUIDE_STREAM])
-    computed = planner.budget_for(n, report.target_speedup, full, streams[0].weight)
+    (n,) = lengths
+    names = sorted(trajs)
+    per_step = sum(weights.values())  # what one step cached in every loop and branch saves
+    computed = planner.budget_for(n, report.target_speedup, full, per_step)
     proposals: list[tuple[str, DBCacheConfig, Optional[CalibratorConfig]]] = []
     if "planned" in policies:
-        mask, cal, _ = planner.plan(traj, computed)
+        mask, cal, _ = planner.plan([trajs[k] for k in names], computed)
         proposals.append(("planned", base.update(steps_computation_mask=mask, steps_computation_policy="static",
                                                  max_warmup_steps=0), cal))
     if "checked" in policies:
-        found = checked.search(traj, base, n - computed, checked._calibrators())
+        found = checked.search([trajs[k] for k in names], base, per_step * (n - computed), checked._calibrators(),
+                               weights=[weights[k] for k in names])
         if found is None:
             report.notes.append("checked: no threshold caches enough steps for the target in the replay")
         else:
             proposals.append(("checked", found.config, found.calibrator))
+
+    def install(cfg: DBCacheConfig, cal: Optional[CalibratorConfig]) -> None:
+        api.compile(targets[0], cfg, calibrator_config=cal, backend=backend,
+                    **({"path": path} if targets[0] is pipe_or_module else {}))
+
     for policy, cfg, cal in proposals:
-        api.compile(module, cfg, calibrator_config=cal, backend=backend, path=path)
+        install(cfg, cal)
         out = generate()
-        summ = Summary.from_session(api._session(module))
+        summ = Summary.from_session(api._session(targets[0]))
+        saved = sum(weights.get(lp.name, 0.0) * len(lp.cached_steps) for lp in summ.loops)
         cached = len(summ.cached_steps)
-        speedup = full / (full - streams[0].weight * cached) if full > streams[0].weight * cached else math.inf
+        speedup = full / (full - saved) if full > saved else math.inf
         rel, psnr = output_error(out, report.reference_output)
         tag = cfg.strify() + (f"+{cal.strify()}" if cal is not None else "")
         report.candidates.append((policy, tag, speedup, psnr, rel))
@@ -366,8 +379,8 @@ def _try_policies(report: TuneReport, policies: Sequence[str], module: Any, traj
         else:
             verdict = "tried and lost"
         report.notes.append(f"{policy} {verdict}: {tag} (verified {speedup:.2f}x, PSNR {_fmt(psnr, '.1f')} dB)")
-    if report.policy != "dbcache" or proposals:  # leave the module compiled with the winner
-        api.compile(module, report.config, calibrator_config=report.calibrator_config, backend=backend, path=path)
+    if proposals:  # leave the transformer compiled with the winner
+        install(report.config, report.calibrator_config)
 
 
 def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1, Fn: int = 1, Bn: int = 0,

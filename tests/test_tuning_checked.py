@@ -52,8 +52,8 @@ def test_search_finds_the_lowest_threshold_that_caches_enough(observed):
     traj, _ = observed
     need = STEPS // 2
     found = checked.search(traj, BASE, need, [TS1], warmups=(2,), continuous=(-1,))
-    assert found is not None and len(found.cached) >= need and found.config.forecast_check
-    assert checked.replay(traj, found.config, TS1) == (found.cached, pytest.approx(found.path_error))
+    assert found is not None and len(found.cached[0]) >= need and found.config.forecast_check
+    assert checked.replay(traj, found.config, TS1) == (found.cached[0], pytest.approx(found.path_error))
     lower = found.config.update(residual_diff_threshold=found.config.residual_diff_threshold * 0.995)
     assert len(checked.replay(traj, lower, TS1)[0]) < need
     assert checked.search(traj, BASE, STEPS, [TS1], warmups=(2,), continuous=(-1,)) is None  # warmup computes
@@ -91,3 +91,22 @@ def test_tune_with_a_quality_floor_returns_the_fastest_verified_run_above_it():
         assert torch.equal(sample(model, torch.arange(10), steps=STEPS, seed=5, info=info), report.output)
     with pytest.raises(ValueError, match="min_psnr"):
         dcp.tune(model, call, 2.0, BASE, backend="eager", min_psnr=float("nan"))
+
+
+def test_tune_tries_planned_and_checked_on_a_true_cfg_pipeline():
+    """A FluxPipeline with true CFG (a cond and an uncond branch, named by the pipeline): one
+    mask / config serves both branches, and the report reproduces the verified run on a fresh
+    pipeline. Random tiny model: the mechanism is checked here, quality on the trained ones."""
+    from diffusers import FluxPipeline
+    from test_state_pipelines import pipe_for, t2i, tiny_flux
+
+    pipe = pipe_for(FluxPipeline, tiny_flux(), cached=False)
+    call = lambda: t2i(pipe, 3, 8)  # noqa: E731
+    report = dcp.tune(pipe, call, 1.6, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0), backend="eager",
+                      policies=("dbcache", "planned", "checked"))
+    assert [c[0] for c in report.candidates] == ["dbcache", "planned", "checked"], report.notes
+    names = [lp.name for lp in report.loops]  # the observed loop, per branch
+    assert len(names) == 2 and names[1].endswith("[uncond]")
+    fresh = pipe_for(FluxPipeline, tiny_flux(), cached=False)
+    dcp.enable_cache(fresh, report.config, calibrator_config=report.calibrator_config, backend="eager")
+    assert torch.equal(t2i(fresh, 3, 8), report.output)

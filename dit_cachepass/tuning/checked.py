@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -79,37 +79,44 @@ def replay(traj: Trajectory, config: DBCacheConfig, calibrator: CalibratorConfig
 class CheckedPlan:
     config: DBCacheConfig
     calibrator: CalibratorConfig
-    cached: list[int]
+    cached: list[list[int]]  # per trajectory (loop and branch): its cached steps in the replay
     path_error: float
 
 
-def search(traj: Trajectory, base: DBCacheConfig, cached_needed: int, calibrators: Sequence[CalibratorConfig],
-           warmups: Sequence[int] = (1, 2, 3), continuous: Sequence[int] = (1, 2, 3, 4, -1),
-           lo: float = 1e-4, hi: float = 2.0, iterations: int = 14) -> Optional[CheckedPlan]:
+def search(trajs: Union[Trajectory, Sequence[Trajectory]], base: DBCacheConfig, cached_needed: float,
+           calibrators: Sequence[CalibratorConfig], warmups: Sequence[int] = (1, 2, 3),
+           continuous: Sequence[int] = (1, 2, 3, 4, -1), lo: float = 1e-4, hi: float = 2.0, iterations: int = 14,
+           weights: Optional[Sequence[float]] = None) -> Optional[CheckedPlan]:
     """Per calibrator, warmup and cap: the lowest threshold (bisection in log space between
-    ``lo`` and ``hi``) whose replay caches at least ``cached_needed`` steps; of those, the one
-    with the lowest path error. None when no setting caches enough."""
+    ``lo`` and ``hi``) whose replay caches at least ``cached_needed`` steps, summed over the
+    trajectories (each loop and CFG branch decides on its own; ``weights``: what a cached step
+    of each saves, 1 by default); of those, the one with the lowest path error. None when no
+    setting caches enough."""
+    trajs = [trajs] if isinstance(trajs, dict) else list(trajs)
+    weights = [1.0] * len(trajs) if weights is None else list(weights)
     best: Optional[CheckedPlan] = None
-    memo: dict = {}
+    memos: list[dict] = [{} for _ in trajs]
     for cal in calibrators:
         for w in warmups:
             for mc in continuous:
-                def run(t: float) -> tuple[DBCacheConfig, list[int], float]:
+                def run(t: float) -> tuple[DBCacheConfig, list[list[int]], float, float]:
                     cfg = base.update(residual_diff_threshold=t, max_warmup_steps=w, max_continuous_cached_steps=mc,
                                       forecast_check=True, steps_computation_mask=None)
-                    return (cfg, *replay(traj, cfg, cal, memo))
+                    runs = [replay(tr, cfg, cal, memo) for tr, memo in zip(trajs, memos)]
+                    saved = sum(wt * len(c) for wt, (c, _) in zip(weights, runs))
+                    return cfg, [c for c, _ in runs], sum(e for _, e in runs), saved
 
                 top = run(hi)
-                if len(top[1]) < cached_needed:
+                if top[3] < cached_needed - 1e-9:
                     continue
                 a, b, found = math.log(lo), math.log(hi), top
                 for _ in range(iterations):  # more threshold never caches less (nearly true)
                     mid = run(math.exp((a + b) / 2))
-                    if len(mid[1]) >= cached_needed:
+                    if mid[3] >= cached_needed - 1e-9:
                         b, found = (a + b) / 2, mid
                     else:
                         a = (a + b) / 2
-                cfg, cached, err = found
+                cfg, cached, err, _ = found
                 if best is None or err < best.path_error:
                     best = CheckedPlan(cfg, cal, cached, err)
     return best

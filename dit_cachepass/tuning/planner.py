@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -33,10 +33,18 @@ def _enabled(config: CalibratorConfig) -> CalibratorConfig:
     return dataclasses.replace(config, enable_calibrator=True, enable_encoder_calibrator=True)
 
 
-def path_error(traj: Trajectory, mask: Sequence[int], calibrator: Optional[CalibratorConfig]) -> float:
+def _steps(traj) -> int:
+    return len((traj[0] if isinstance(traj, (list, tuple)) else traj)[GUIDE_STREAM])
+
+
+def path_error(traj: Union[Trajectory, Sequence[Trajectory]], mask: Sequence[int],
+               calibrator: Optional[CalibratorConfig]) -> float:
     """Summed relative L1 forecast error of the middle streams over the cached steps of ``mask``
     (1 = compute), replaying ``calibrator`` (None: reuse the last computed residual) on the
-    observed trajectory. Step 0 always computes."""
+    observed trajectory (or on each of several: the loops and CFG branches one mask serves).
+    Step 0 always computes."""
+    if isinstance(traj, (list, tuple)):
+        return sum(path_error(t, mask, calibrator) for t in traj)
     n = len(traj[GUIDE_STREAM])
     streams = _streams(traj)
     cal = make_calibrator(_enabled(calibrator)) if calibrator is not None else None
@@ -69,13 +77,13 @@ def _spread(n: int, computed: int, head: int) -> list[int]:
     return mask
 
 
-def plan_steps(traj: Trajectory, computed: int, calibrator: Optional[CalibratorConfig],
+def plan_steps(traj: Union[Trajectory, Sequence[Trajectory]], computed: int, calibrator: Optional[CalibratorConfig],
                heads: Sequence[int] = (1, 2, 3), moves: Sequence[int] = (-2, -1, 1, 2),
                max_rounds: int = 50) -> tuple[list[int], float]:
     """The mask with ``computed`` computed steps (step 0 always) whose ``path_error`` is lowest,
     found by first-improvement local search (move one computed step by ``moves``) from evenly
     spread starts with ``heads`` leading computed steps. Returns (mask, its path error)."""
-    n = len(traj[GUIDE_STREAM])
+    n = _steps(traj)
     if not 1 <= computed <= n:
         raise ValueError(f"computed={computed} must be in [1, {n}] (the observed steps)")
     best_mask, best = None, math.inf
@@ -194,7 +202,7 @@ def budget_for(steps: int, target: float, full: float, weight: float) -> int:
     return 1
 
 
-def plan(traj: Trajectory, computed: int, fillers=FILLERS) -> tuple[list[int], Optional[CalibratorConfig], float]:
+def plan(traj: Union[Trajectory, Sequence[Trajectory]], computed: int, fillers=FILLERS) -> tuple[list[int], Optional[CalibratorConfig], float]:
     """The best (mask, filler) for ``computed`` computed steps: the filler whose planned path
     error is lowest. Returns (mask, calibrator config or None, path error)."""
     best = None
