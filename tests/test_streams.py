@@ -131,3 +131,56 @@ def test_heterogeneous_lists_are_traced_and_cached_like_the_reference(kind):
     assert [l.name for l in rep.loops] == ["blocks"] and rep.loops[0].streams == 2, str(rep)
     assert rep.loops[0].pattern == 1
     assert_caches_like_the_reference(lambda: hetero(kind), _toy_run, "blocks", 1)
+
+
+def _framepack_padded_prompt():
+    """HunyuanVideoFramepack as its pipeline calls it: a 256-token prompt of which 25 are real.
+    The forward reads the effective length with ``.item()``; under capture_scalar_outputs the
+    streams' lengths become data-dependent symbols (u1, u20) nobody knows at compile time."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    torch.manual_seed(0)
+    m = HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), image_condition_type=None,
+        has_image_proj=True, image_proj_dim=32, has_clean_x_embedder=True).eval()
+
+    def inputs(s):
+        g, idx = torch.Generator().manual_seed(0), torch.arange(12)
+        mask = torch.zeros(1, 256)
+        mask[:, :25] = 1
+        return dict(hidden_states=torch.randn(1, 4, 3, 4, 4, generator=g) * (1 - 0.1 * s),
+                    timestep=torch.full((1,), 1000.0 - 100 * s), encoder_hidden_states=torch.randn(1, 256, 16, generator=g),
+                    encoder_attention_mask=mask, pooled_projections=torch.randn(1, 8, generator=g),
+                    image_embeds=torch.randn(1, 4, 32, generator=g), indices_latents=idx[9:12],
+                    guidance=torch.full((1,), 4500.0), latents_clean=torch.randn(1, 4, 2, 4, 4, generator=g),
+                    indices_latents_clean=torch.cat([idx[0:1], idx[8:9]]),
+                    latents_history_2x=torch.randn(1, 4, 2, 4, 4, generator=g), indices_latents_history_2x=idx[6:8],
+                    latents_history_4x=torch.randn(1, 4, 16, 4, 4, generator=g),
+                    indices_latents_history_4x=torch.arange(1, 17), return_dict=False)
+    return m, inputs
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_data_dependent_stream_lengths_never_guard_and_both_lists_chain(threshold):
+    """Issue 24.5: the match stage compared such a length with a number (``Eq(u1, 25)``), dynamo
+    refused to guard on it (GuardOnDataDependentSymNode), and the model fell through to the block
+    path. Sizes are now compared without guards. Threshold 0.5 on a random model: steps cache."""
+    import copy
+
+    m, inputs = _framepack_padded_prompt()
+    ref = copy.deepcopy(m)
+    dcp.compile(m, dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
+                                     max_warmup_steps=1), backend="eager")
+    with torch.no_grad(), dcp.generation(m):
+        outs = [m(**inputs(s))[0] for s in range(STEPS)]
+    assert m._dit_cachepass.paths.name == "graph (scalar/dynamic-output capture)"
+    (loop,) = dcp.summary(m).loops
+    assert loop.name == "transformer_blocks+single_transformer_blocks"
+    if threshold == 0.0:
+        with torch.no_grad():
+            for s, out in enumerate(outs):
+                torch.testing.assert_close(out, ref(**inputs(s))[0], rtol=0, atol=0)
+    else:
+        assert loop.cached_steps and all(torch.isfinite(o).all() for o in outs)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, statically_known_true
 
 from .capture import BlockRef, CapturedGraph
 
@@ -108,6 +109,30 @@ def layout(n: fx.Node) -> Optional[tuple]:
     return (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else None
 
 
+def same_layout(a: Optional[tuple], b: Optional[tuple]) -> bool:
+    """Equal shapes and dtypes, decided without guards: a symbolic size equals another only where
+    that is provable, so comparing a data-dependent size (``u1``, from ``.item()`` under
+    capture_scalar_outputs) with a number never asks dynamo to guard on its value
+    (GuardOnDataDependentSymNode, as on HunyuanVideoFramepack with a padded prompt)."""
+    return a is not None and b is not None and a[1] == b[1] and same_shape(a[0], b[0])
+
+
+def same_shape(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(_same_size(x, y) for x, y in zip(a, b))
+
+
+def _same_size(x: Any, y: Any) -> bool:
+    """Ints compare as ints; a size with a data-dependent (unbacked) symbol, whose value no one
+    knows at compile time (a slice ``[:, :-n]`` of a length read with ``.item()``), equals any
+    size it is not provably different from: a block's stream keeps its length even where the
+    symbols cannot show it. Other symbolic sizes must be provably equal."""
+    if isinstance(x, int) and isinstance(y, int):
+        return x == y
+    if free_unbacked_symbols(x) or free_unbacked_symbols(y):
+        return not statically_known_true(x != y)
+    return statically_known_true(x == y)
+
+
 def _distances(out: fx.Node, block: Block, cap: CapturedGraph) -> dict[fx.Node, int]:
     """Op count from each external input of ``block`` to ``out`` (shortest, backwards)."""
     inside = set(block.nodes)
@@ -137,7 +162,7 @@ def _pair_outputs(block: Block, inputs: list[Optional[fx.Node]], candidates: lis
     for out in candidates:
         d = _distances(out, block, cap)
         for k, v in enumerate(inputs):
-            if v is not None and v in d and layout(v) is not None and layout(v) == layout(out):
+            if v is not None and v in d and same_layout(layout(v), layout(out)):
                 pairs.append((d[v], k, out))
     result: list[Optional[fx.Node]] = [None] * len(inputs)
     taken = set()
@@ -152,7 +177,7 @@ def _nearest_input(block: Block, out: fx.Node, ext: dict[Slot, fx.Node], cap: Ca
                    exclude: set[fx.Node]) -> Optional[fx.Node]:
     d = _distances(out, block, cap)
     cands = [(d[v], k) for k, v in enumerate(ext.values())
-             if v in d and v not in exclude and layout(v) is not None and layout(v) == layout(out)]
+             if v in d and v not in exclude and same_layout(layout(v), layout(out))]
     return list(ext.values())[min(cands)[1]] if cands else None
 
 
@@ -256,7 +281,7 @@ def reshaped(blocks: list[Block], thread: Thread) -> str:
     """Where the hidden stream leaves a block with another shape than it came in with, if so."""
     for b, i, o in zip(blocks, thread.inputs, thread.outputs):
         a, z = (layout(i) if i is not None else None), (layout(o) if o is not None else None)
-        if a is not None and z is not None and a[0] != z[0]:
+        if a is not None and z is not None and not same_shape(a[0], z[0]):
             return f"block {b.ref} turns its stream of shape {list(a[0])} into {list(z[0])}"
     first, last = thread.outputs[0], thread.inputs[-1]
     if thread.inputs[0] is None and thread.outputs[-1] is None and first is not None and last is not None:
