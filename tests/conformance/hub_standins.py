@@ -29,6 +29,7 @@ def _tokenizer(out: Path, cls_name: str, **kwargs) -> None:
     """Build with the tokenizer class itself (so a reload round-trips through the same class) and save."""
     import transformers
 
+    kwargs.setdefault("model_max_length", 77 if cls_name == "CLIPTokenizer" else 512)  # upstream repos' values
     tok = getattr(transformers, cls_name)(**kwargs)
     tok.save_pretrained(out)
 
