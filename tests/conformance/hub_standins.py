@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 _ROOT: Path | None = None
-USED: set[str] = set()  # repo ids redirected since the last reset (the runner reports them per class)
+_ORIGINALS: dict[type, object] = {}  # class -> its own from_pretrained descriptor, for uninstall()
+USED: set[str] = set()
+REQUESTED: set[str] = set()  # every repo id asked for (hub skips name the ones without a stand-in)  # repo ids redirected since the last reset (the runner reports them per class)
 
 
 def _chars() -> list[str]:
@@ -122,9 +124,12 @@ def _wrap(cls) -> None:
     if fn is None or getattr(fn, "_dcp_standin", False):
         return
     orig = fn.__func__
+    _ORIGINALS[cls] = fn
 
     def from_pretrained(klass, name, *args, **kwargs):
         key = str(name)
+        if not Path(key).exists():
+            REQUESTED.add(key)
         if key in repos():
             USED.add(key)
             name = str(repos()[key])
@@ -155,3 +160,10 @@ def install() -> None:
                 classes.append(obj)
     for cls in classes:
         _wrap(cls)
+
+
+def uninstall() -> None:
+    """Restore every patched ``from_pretrained`` (tests call this so other test modules see stock transformers)."""
+    for cls, fn in _ORIGINALS.items():
+        setattr(cls, "from_pretrained", fn)
+    _ORIGINALS.clear()

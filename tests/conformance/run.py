@@ -19,6 +19,7 @@ import gc
 import importlib
 import inspect
 import io
+import os
 import random
 import re
 import signal
@@ -27,6 +28,9 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+# No network here: fail fast on hub ids instead of retrying (set HF_HUB_OFFLINE=0 to allow downloads).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `tests.conformance.*` is how the vendored fixtures reach the shim
@@ -242,6 +246,14 @@ def _tol(ref: list) -> float:
     return 1e-5 if all(t.dtype == torch.float32 for t in ref) else 1e-2
 
 
+def _diff_range(pipe: Any) -> str:
+    """Min/max of the per-step residual diffs the cache decided on (why nothing was cached, if so)."""
+    import dit_cachepass as dcp
+
+    vals = [d for t in transformers_of(pipe).values() for l in dcp.summary(t).loops for d in l.diffs.values()]
+    return f"step diffs {min(vals):.3g}..{max(vals):.3g}" if vals else "no step diff recorded"
+
+
 def _cached_steps(pipe: Any) -> tuple[dict[str, list[list[int]]], str]:
     """Cached steps per transformer and loop, and the path taken (block/graph), via the public summary."""
     import dit_cachepass as dcp
@@ -293,6 +305,7 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
     row = Row(fx.id, variant=variant, also=list(fx.also))
     t0 = time.perf_counter()
     hub_standins.USED.clear()
+    hub_standins.REQUESTED.clear()
     try:
         if fx.import_error:
             raise FixtureSkip(f"fixture import error with installed diffusers: {fx.import_error}")
@@ -316,7 +329,9 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
         except Exception as e:  # noqa: BLE001
             hub = re.search(r"huggingface\.co|offline|LocalEntryNotFound|OfflineModeIsEnabled|Repository Not Found|"
                             r"does not appear to have|Can't load|couldn't connect|is not a local folder", str(e))
-            kind = "needs a hub download" if hub else "fixture does not run uncached with installed diffusers 0.42.1"
+            ids = sorted(hub_standins.REQUESTED - set(hub_standins.repos()))
+            kind = (f"needs a hub download ({', '.join(ids) or 'non-transformers repo'})" if hub
+                    else "fixture does not run uncached with installed diffusers 0.42.1")
             raise FixtureSkip(f"{kind}: {type(e).__name__}: {_first_line(e)}") from e
         row.standins = sorted(hub_standins.USED)
         tol = _tol(ref)
@@ -363,7 +378,8 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
                 if not all(bool(torch.isfinite(t).all()) for t in out_a):
                     raise CheckFailed("output not finite")
                 if longest >= 2 and n_cached == 0:
-                    raise CheckFailed(f"no cached step at threshold {THRESHOLD} ({row.cached_steps})")
+                    raise CheckFailed(f"no cached step at threshold {THRESHOLD} ({row.cached_steps}; "
+                                      f"{_diff_range(pipe)})")
         except Exception as e:  # noqa: BLE001
             row.failures.append(f"caching: {e}" if isinstance(e, CheckFailed)
                                 else f"caching: {type(e).__name__}: {_first_line(e)}")
@@ -480,7 +496,7 @@ def render(rows: list[Row], command: str, seconds: float) -> str:
     import torch
     import transformers
 
-    src = (FIXTURES / "SOURCE.md").read_text().split("\n")[0]
+    src = (FIXTURES / "README.md").read_text()
     commit = re.search(r"commit `([0-9a-f]+)` \(([^)]+)\)", src)
     n = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "skip")}
     lines = [

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         name = "fx_" + Path(f).name.removeprefix("test_")
         (pkg / name).write_text(rewrite(src, f, commit))
         vendored.append(f"{pkg.name}/{name}")
-    (DEST / "SOURCE.md").write_text(
+    (DEST / "README.md").write_text(
+        "# Vendored diffusers pipeline fast-test fixtures\n\n"
         f"Vendored by `tests/conformance/vendor.py` from huggingface/diffusers commit `{commit}` ({date}), "
         f"`tests/pipelines/*/test_*.py` files whose dummy components include a `transformer*` module; "
         f"{len(vendored)} files. License: Apache-2.0, see `LICENSE`.\n\n" + "".join(f"- `{v}`\n" for v in vendored))
