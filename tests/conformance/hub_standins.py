@@ -22,6 +22,16 @@ USED: set[str] = set()
 REQUESTED: set[str] = set()  # every repo id asked for (hub skips name the ones without a stand-in)  # repo ids redirected since the last reset (the runner reports them per class)
 
 
+# The real tiny Qwen2-VL repo ships a chat template; pipelines (Flux2-Klein, Z-Image, Ovis, HunyuanVideo-1.5)
+# call apply_chat_template, so the stand-in has a minimal Qwen-style one.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'text' %}{{ c['text'] }}{% else %}<|vision_start|><|image_pad|><|vision_end|>{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def _chars() -> list[str]:
     """Printable ASCII: enough for the fixtures' English prompts and prompt templates."""
     return [chr(c) for c in range(33, 127)]
@@ -83,16 +93,16 @@ def _build(root: Path) -> dict[str, Path]:
     qwen = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
     _tokenizer(d, "Qwen2Tokenizer", vocab=_bytelevel_vocab(qwen), merges=[], pad_token="<|endoftext|>",
-               eos_token="<|im_end|>")
+               eos_token="<|im_end|>", chat_template=QWEN_CHAT_TEMPLATE)
     repos["hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration"] = d
     d = root / "dummy-gemma"
     _tokenizer(d, "GemmaTokenizer")  # default vocab: <pad> <eos> <bos> <unk> only (the fixtures' Gemma has 8)
     repos["hf-internal-testing/dummy-gemma"] = d
     for name in ("llama-tokenizer", "dummy-hunyaunvideo", "tiny-random-LlamaForCausalLM"):
         d = root / name
-        _tokenizer(d, "LlamaTokenizer", vocab=_metaspace_vocab(["<unk>", "<s>", "</s>"]), merges=[])
-        if name == "dummy-hunyaunvideo":
-            _tokenizer(d / "tokenizer", "LlamaTokenizer", vocab=_metaspace_vocab(["<unk>", "<s>", "</s>"]), merges=[])
+        for sub in (d, d / "tokenizer") if name == "dummy-hunyaunvideo" else (d,):
+            _tokenizer(sub, "LlamaTokenizer", vocab=_metaspace_vocab(["<unk>", "<s>", "</s>"]), merges=[],
+                       pad_token="<unk>")
     repos["hf-internal-testing/llama-tokenizer"] = root / "llama-tokenizer"
     repos["finetrainers/dummy-hunyaunvideo"] = root / "dummy-hunyaunvideo"
     d = root / "tiny-random-LlamaForCausalLM"
@@ -167,3 +177,25 @@ def uninstall() -> None:
     for cls, fn in _ORIGINALS.items():
         setattr(cls, "from_pretrained", fn)
     _ORIGINALS.clear()
+
+
+def patch_ftfy(pipeline_class: type) -> bool:
+    """ftfy is not installed here and several diffusers pipelines call ``ftfy.fix_text`` in prompt cleaning
+    unguarded (NameError). An identity stand-in is injected into the pipeline's module (prompt text only; the
+    transformer is unaffected). Returns whether it was needed."""
+    import sys
+    import types
+
+    mod = sys.modules.get(pipeline_class.__module__)
+    if mod is None or hasattr(mod, "ftfy"):
+        return False
+    try:
+        import ftfy  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    src = Path(getattr(mod, "__file__", "") or "")
+    if not src.is_file() or "ftfy." not in src.read_text():
+        return False
+    mod.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
+    return True

@@ -172,12 +172,14 @@ def transformers_of(pipe: Any) -> dict[str, Any]:
 
 
 def block_lists(module: Any) -> dict[str, int]:
-    """Lengths of the transformer's block lists (top-level ModuleLists; else any ModuleList)."""
+    """Lengths of the transformer's block lists: top-level ModuleLists named like ``*block*``/``*layer*``
+    (not e.g. ``caption_projection``); else any top-level ModuleList; else any innermost ModuleList."""
     import torch
 
     top = {n: len(m) for n, m in module.named_children() if isinstance(m, torch.nn.ModuleList) and len(m)}
-    if top:
-        return top
+    named = {n: v for n, v in top.items() if re.search(r"block|layer", n)}
+    if named or top:
+        return named or top
     return {n: len(m) for n, m in module.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)
             and not any(isinstance(c, torch.nn.ModuleList) for c in m)}
 
@@ -211,7 +213,15 @@ def tensors_of(out: Any) -> list:
 def max_diff(a: list, b: list) -> float:
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return float("inf")
-    return max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b))
+    import torch
+
+    def one(x, y):  # NaN in both at the same place counts as equal (some random fixtures output NaN uncached)
+        d = (x - y).abs()
+        both_nan = torch.isnan(x) & torch.isnan(y)
+        d = torch.where(both_nan, torch.zeros_like(d), d)
+        return float(torch.nan_to_num(d, nan=float("inf")).max()) if d.numel() else 0.0
+
+    return max(one(x, y) for x, y in zip(a, b))
 
 
 def run_pipe(pipe: Any, inputs: dict) -> list:
@@ -290,6 +300,10 @@ def build(fx: Fixture, variant: str = "") -> tuple[Any, Any]:
                     continue
                 seed_all(0)
                 comps[k] = type(t).from_config({**t.config, **bumped}).to(t.dtype)
+    from tests.conformance import hub_standins
+
+    if hub_standins.patch_ftfy(cls.pipeline_class):
+        hub_standins.USED.add("ftfy")
     pipe = cls.pipeline_class(**comps)
     pipe.set_progress_bar_config(disable=True)
     return inst, pipe
@@ -324,17 +338,28 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
                 row.needs_variant = 0 < longest < 2
                 seed_all(0)
                 ref = run_pipe(pipe, dummy_inputs(inst))
+                seed_all(0)
+                ref_again = run_pipe(pipe, dummy_inputs(inst))
         except FixtureSkip:
             raise
         except Exception as e:  # noqa: BLE001
-            hub = re.search(r"huggingface\.co|offline|LocalEntryNotFound|OfflineModeIsEnabled|Repository Not Found|"
-                            r"does not appear to have|Can't load|couldn't connect|is not a local folder", str(e))
+            hub = re.search(r"couldn't connect to 'https://huggingface\.co|LocalEntryNotFound|OfflineModeIsEnabled|"
+                            r"Repository Not Found|Can't load [\w ]+ for '|is not a local folder", str(e))
+            dep = re.search(r"requires the (\w+) library|name '(ftfy|cv2|transforms|sentencepiece)' is not defined|"
+                            r"No module named '(\w+)'", str(e))
             ids = sorted(hub_standins.REQUESTED - set(hub_standins.repos()))
             kind = (f"needs a hub download ({', '.join(ids) or 'non-transformers repo'})" if hub
+                    else f"missing optional dependency {next(g for g in dep.groups() if g)}" if dep
                     else "fixture does not run uncached with installed diffusers 0.42.1")
             raise FixtureSkip(f"{kind}: {type(e).__name__}: {_first_line(e)}") from e
         row.standins = sorted(hub_standins.USED)
         tol = _tol(ref)
+        # the uncached pipeline itself must be deterministic, else equality checks below say nothing
+        noise = max_diff(ref, ref_again)
+        if noise != 0.0:
+            raise FixtureSkip(f"uncached pipeline is not deterministic across two identical calls (max diff {noise:.3g})")
+        if not all(bool(torch.isfinite(t).all()) for t in ref):
+            row.notes.append("uncached output has NaN/inf (random fixture weights); compared NaN-aware")
         # ---- 1) threshold 0 reproduces the uncached output
         cfg0 = dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.0)
         try:
@@ -344,7 +369,8 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
                 out0 = run_pipe(pipe, dummy_inputs(inst))
                 _, row.path = _cached_steps(pipe)
                 row.max_diff0 = max_diff(ref, out0)
-                if not row.max_diff0 <= tol + tol * max(float(r.abs().max()) for r in ref):
+                scale = max(float(torch.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0).abs().max()) for r in ref)
+                if not row.max_diff0 <= tol + tol * scale:
                     raise CheckFailed(f"max diff {row.max_diff0:.3g} > tol {tol:g}")
         except Exception as e:  # noqa: BLE001
             row.failures.append(f"threshold0: {type(e).__name__}: {_first_line(e)}" if not isinstance(e, CheckFailed)
@@ -375,9 +401,15 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
                                              for n, loops in steps.items())
                 if steps_used is None:
                     row.cached_steps += " (fixture steps)"
-                if not all(bool(torch.isfinite(t).all()) for t in out_a):
+                if not all(bool(torch.isfinite(t).all()) for t in out_a) and not row.notes:
                     raise CheckFailed("output not finite")
-                if longest >= 2 and n_cached == 0:
+                ran = max((len(l.steps) for t in transformers_of(pipe).values() for l in dcp.summary(t).loops),
+                          default=0)
+                if longest >= 2 and n_cached == 0 and 0 < ran < 2:
+                    row.notes.append(f"only {ran} denoising step ran with the cache; caching not checkable")
+                elif longest >= 2 and n_cached == 0 and row.notes:
+                    row.notes.append("no cached step, but the uncached output is already NaN/inf: not checkable")
+                elif longest >= 2 and n_cached == 0:
                     raise CheckFailed(f"no cached step at threshold {THRESHOLD} ({row.cached_steps}; "
                                       f"{_diff_range(pipe)})")
         except Exception as e:  # noqa: BLE001
