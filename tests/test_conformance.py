@@ -19,13 +19,13 @@ if str(ROOT) not in sys.path:
 
 from tests.conformance import hub_standins, run, vendor  # noqa: E402
 
-# text2img (MMDiT, double-stream), video (Wan, LTX), linear-attention (Sana), img2img, controlnet
+# text2img (MMDiT, double-stream), video (Wan, LTX), linear-attention Sana (+ its controlnet), img2img, SD3 controlnet
 SUBSET = [
     "flux/fx_pipeline_flux::TestFluxPipeline",
     "qwenimage/fx_qwenimage::TestQwenImagePipeline",
     "wan/fx_wan::TestWanPipeline",
     "ltx/fx_ltx::LTXPipelineFastTests",
-    "sana/fx_sana::SanaPipelineFastTests",
+    "sana/fx_sana_controlnet::SanaControlNetPipelineFastTests",
     "flux/fx_pipeline_flux_img2img::FluxImg2ImgPipelineFastTests",
     "controlnet_sd3/fx_controlnet_sd3::StableDiffusion3ControlNetPipelineFastTests",
 ]

@@ -128,6 +128,33 @@ def _match(pattern: str, text: str) -> bool:
     return any(fnmatch.fnmatch(text.lower(), f"*{p.strip().lower()}*") for p in pattern.split(","))
 
 
+# NameErrors diffusers raises when an optional import is missing, by the name it failed on
+_DEP_OF_NAME = {"ftfy": "ftfy", "cv2": "opencv-python", "transforms": "torchvision", "sentencepiece": "sentencepiece",
+                "OmniGenMultiModalProcessor": "torchvision"}
+
+
+def _skip_kind(e: BaseException, variant: str) -> str:
+    """Why a fixture cannot run here: hub download, missing optional dependency, or incompatibility."""
+    from tests.conformance import hub_standins
+
+    msg = str(e)
+    standin = next((rid for rid, d in hub_standins.repos().items() if str(d) in msg), None)
+    if standin:
+        return f"needs a hub download ({standin}: the offline stand-in has only a tokenizer/text model, not this file)"
+    if re.search(r"couldn't connect to 'https://huggingface\.co|LocalEntryNotFound|OfflineModeIsEnabled|"
+                 r"Repository Not Found|Can't load [\w ]+ for '|is not a local folder", msg):
+        ids = sorted(hub_standins.REQUESTED - set(hub_standins.repos()))
+        quoted = re.findall(r"for '([\w.-]+/[\w.-]+)'", msg)
+        return f"needs a hub download ({', '.join(ids or quoted) or 'unknown repo'})"
+    dep = re.search(r"requires the (\w+) library|name '(\w+)' is not defined|No module named '(\w+)'", msg)
+    if dep and (dep.group(1) or dep.group(3) or dep.group(2) in _DEP_OF_NAME):
+        name = dep.group(1) or dep.group(3) or _DEP_OF_NAME[dep.group(2)]
+        return f"missing optional dependency {name}"
+    if variant:
+        return f"the {variant} variant does not run uncached (fixture inputs/config assume 1 block)"
+    return "fixture does not run uncached with installed diffusers 0.42.1"
+
+
 def _first_line(e: BaseException) -> str:
     lines = [l for l in str(e).splitlines() if l.strip()]
     return (lines[0] if lines else type(e).__name__)[:300]
@@ -343,14 +370,7 @@ def check_fixture(fx: Fixture, variant: str = "", limit_s: int = 300) -> Row:
         except FixtureSkip:
             raise
         except Exception as e:  # noqa: BLE001
-            hub = re.search(r"couldn't connect to 'https://huggingface\.co|LocalEntryNotFound|OfflineModeIsEnabled|"
-                            r"Repository Not Found|Can't load [\w ]+ for '|is not a local folder", str(e))
-            dep = re.search(r"requires the (\w+) library|name '(ftfy|cv2|transforms|sentencepiece)' is not defined|"
-                            r"No module named '(\w+)'", str(e))
-            ids = sorted(hub_standins.REQUESTED - set(hub_standins.repos()))
-            kind = (f"needs a hub download ({', '.join(ids) or 'non-transformers repo'})" if hub
-                    else f"missing optional dependency {next(g for g in dep.groups() if g)}" if dep
-                    else "fixture does not run uncached with installed diffusers 0.42.1")
+            kind = _skip_kind(e, variant)
             raise FixtureSkip(f"{kind}: {type(e).__name__}: {_first_line(e)}") from e
         row.standins = sorted(hub_standins.USED)
         tol = _tol(ref)
@@ -570,6 +590,23 @@ def render(rows: list[Row], command: str, seconds: float) -> str:
                      f"{r.seconds:.1f} | {stand} |")
     fails = [r for r in rows if r.status == "fail"]
     lines += ["", f"## Failures ({len(fails)})", ""]
+    kinds = {
+        "step diffs all above the threshold (random-weight model; the 0.5 convention is too low here)":
+            lambda f: "no cached step" in f and re.search(r"step diffs ([0-9.]+)\.\.", f)
+            and float(re.search(r"step diffs ([0-9.]+)\.\.", f).group(1)) > THRESHOLD,
+        "step diffs are inf (no caching possible)": lambda f: "step diffs inf" in f,
+        "no cached step for another reason": lambda f: "no cached step" in f and "step diffs" in f
+            and "inf" not in f and not re.search(r"step diffs ([0-9.]+)\.\.", f) or "no step diff" in f,
+        "repeat call differs (state crossing generations?)": lambda f: f.startswith("repeat"),
+        "threshold 0 differs from uncached": lambda f: f.startswith("threshold0"),
+        "exception inside a cached run": lambda f: re.match(r"(caching|repeat|threshold0): \w+(Error|Exception)", f),
+    }
+    all_f = [f for r in fails for f in (r.failures or [r.reason])]
+    for k, pred in kinds.items():
+        n_k = sum(1 for f in all_f if pred(f))
+        if n_k:
+            lines.append(f"- {n_k} x {k}")
+    lines.append("")
     for r in fails:
         lines.append(f"- `{r.label}` ({r.pipeline}):")
         lines += [f"  - {f}" for f in (r.failures or [r.reason])]
