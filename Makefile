@@ -25,7 +25,7 @@ $(BIN)/.test-installed: pyproject.toml $(BIN)/.torch-installed
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test
+.PHONY: setup demo test conformance
 setup: $(BIN)/.test-installed
 
 demo: $(BIN)/.demo-installed
@@ -33,3 +33,8 @@ demo: $(BIN)/.demo-installed
 
 test: $(BIN)/.test-installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
+# Conformance over diffusers' own DiT pipeline test fixtures (tests/conformance/; ~20 min on 2 cores):
+# runs every fixture class and rewrites docs/conformance.md. Not part of `make test`.
+conformance: $(BIN)/.test-installed
+	$(BIN)/python -m tests.conformance.run --jobs 2 --write docs/conformance.md
