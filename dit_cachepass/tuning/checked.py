@@ -16,13 +16,12 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-import torch
-
 from ..config import CalibratorConfig, DBCacheConfig
+from ..kernels import rel_l1_diff
 from ..runtime.calibrators import make_calibrator
 from ..runtime.policy import DBCachePolicy
 from ..runtime.state import GUIDE_STREAM, _copy_calibrator
-from .planner import Trajectory, _enabled, _streams
+from .planner import Trajectory, _enabled, _streams, forecast_error
 
 
 def _calibrators() -> tuple[CalibratorConfig, ...]:
@@ -30,10 +29,6 @@ def _calibrators() -> tuple[CalibratorConfig, ...]:
 
     return (TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
             DMDCalibratorConfig())
-
-
-def _rel(pred: torch.Tensor, truth: torch.Tensor, den: torch.Tensor) -> float:
-    return float((pred - truth).abs().sum() / den.abs().sum().clamp_min(1e-30))
 
 
 def replay(traj: Trajectory, config: DBCacheConfig, calibrator: CalibratorConfig,
@@ -56,7 +51,7 @@ def replay(traj: Trajectory, config: DBCacheConfig, calibrator: CalibratorConfig
             key = (tag, history, k, GUIDE_STREAM)
             if key not in memo:  # on a copy: some forecasters roll their window per forecast
                 pred = _copy_calibrator(cal).forecast(GUIDE_STREAM, k, None)
-                memo[key] = _rel(traj[GUIDE_STREAM][k], pred, pred)
+                memo[key] = float(rel_l1_diff(traj[GUIDE_STREAM][k], pred))  # the runtime's own diff
             return memo[key]
 
         d = policy.decide(k, len(cached), continuous, 0.0, bool(history), diff)
@@ -65,7 +60,7 @@ def replay(traj: Trajectory, config: DBCacheConfig, calibrator: CalibratorConfig
             continuous += 1
             key = (tag, history, k, None)
             if key not in memo:
-                memo[key] = sum(_rel(_copy_calibrator(cal).forecast(s, k, None), traj[s][k], traj[s][k])
+                memo[key] = sum(forecast_error(_copy_calibrator(cal).forecast(s, k, None), traj[s][k])
                                 for s in streams)
             total += memo[key]
         else:

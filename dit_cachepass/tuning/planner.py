@@ -33,6 +33,11 @@ def _enabled(config: CalibratorConfig) -> CalibratorConfig:
     return dataclasses.replace(config, enable_calibrator=True, enable_encoder_calibrator=True)
 
 
+def forecast_error(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Relative L1 error of a forecast of one stream at one step: the unit of a path error."""
+    return float((pred - truth).abs().sum() / truth.abs().sum().clamp_min(1e-30))
+
+
 def _steps(traj) -> int:
     return len((traj[0] if isinstance(traj, (list, tuple)) else traj)[GUIDE_STREAM])
 
@@ -60,7 +65,7 @@ def path_error(traj: Union[Trajectory, Sequence[Trajectory]], mask: Sequence[int
         for s in streams:
             pred = last[s] if cal is None else cal.forecast(s, k, None)
             truth = traj[s][k]
-            total += float((pred - truth).abs().sum() / truth.abs().sum().clamp_min(1e-30))
+            total += forecast_error(pred, truth)
     return total
 
 
