@@ -87,18 +87,19 @@ class LoopState:
             del self.history[:-self.MAX_HISTORY]
             self.finished += 1
         self.records = []
-        self.continuous, self.accumulated = 0, 0.0
-        self.buffers = {}
-        self.calibrator = make_calibrator(self.calibrator_config)
+        self._forget()
         self.generation += 1
 
     def restart(self) -> None:
         """Forget what was stored (buffers, counters, calibrator) but keep this generation's
         record: the next decision finds no reference and computes."""
-        self.buffers = {}
-        self.continuous, self.accumulated = 0, 0.0
-        self.calibrator = make_calibrator(self.calibrator_config)
+        self._forget()
         self.restarted = True
+
+    def _forget(self) -> None:
+        self.continuous, self.accumulated = 0, 0.0
+        self.buffers = {}
+        self.calibrator = make_calibrator(self.calibrator_config)
 
     def reference_for(self, key: Optional[int], x: torch.Tensor, stream_inputs: list[torch.Tensor]
                       ) -> Optional[torch.Tensor]:
