@@ -10,6 +10,11 @@ import torch
 from ..config import CalibratorConfig
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and device: a stored value still fits a new one."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
 class Calibrator(Protocol):
     cache_type: str  # "residual": values are middle residuals; "hidden_states": middle outputs
 

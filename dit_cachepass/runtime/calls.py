@@ -66,6 +66,7 @@ class CallTracker:
         self._named_steps: dict[str, Optional[int]] = {}
         self._named_ts: dict[str, Optional[float]] = {}
         self._layouts: dict = {}  # branch -> its last call's input layout, in this generation
+        self._layout: Optional[tuple] = None  # the input layout of the call in progress
         # a bare call placed by the timestep heuristic raised: (its timestep, its arguments' ids);
         # the next call at that timestep is its retry only if it passes the same arguments
         self._aborted: Optional[tuple] = None
@@ -218,7 +219,7 @@ class CallTracker:
         generation (a prompt of another length, a new resolution): what the branch stored was
         computed from other inputs, and a residual of the right shape can still be stale (the
         text tokens changed, the image tokens did not). Its states start afresh: the call computes."""
-        layout = getattr(self, "_layout", None)
+        layout = self._layout
         if layout is None:
             return
         prev = self._layouts.get(branch)

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ..config import DMDCalibratorConfig
-from .calibrator_base import _StreamCalibrator
+from .calibrator_base import _StreamCalibrator, same_layout
 
 MIN_SNAPSHOTS = 4  # 3 snapshot pairs: the least that pins down one damped, oscillating mode
 RANK_CUTOFF = 1e-4  # rank 0: keep singular values above this fraction of the largest
@@ -54,7 +54,7 @@ class DMDCalibrator(_StreamCalibrator):
 
     def update(self, stream: int, value: torch.Tensor, step: int) -> None:
         old = self.snaps.get(stream, [])
-        if old and not _same_layout(old[-1][1], value):
+        if old and not same_layout(old[-1][1], value):
             old = []  # another shape/dtype/device: start over, as cache-dit does on a shape change
         if not old:
             self.origin[stream] = step
@@ -100,10 +100,6 @@ class DMDCalibrator(_StreamCalibrator):
             return y1
         s0, y0 = snaps[-2]
         return y1 + (y1 - y0) / (s1 - s0) * gap
-
-
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
 def _fit(run: list[torch.Tensor], config: DMDCalibratorConfig) -> Optional[_Fit]:

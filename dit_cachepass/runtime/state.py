@@ -14,6 +14,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from ..config import DBCacheConfig, CalibratorConfig
+from .calibrator_base import same_layout
 from .calibrators import Calibrator, make_calibrator
 from .policy import DBCachePolicy, Decision
 
@@ -46,10 +47,6 @@ class Buffer:
 
 #: the calibrator stream that follows the Fn residual (``forecast_check``); middle streams are >= 0
 GUIDE_STREAM = -1
-
-
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
 @dataclass
@@ -108,9 +105,9 @@ class LoopState:
         buf = self.buffers.get(key)
         fits = (
             buf is not None
-            and _same_layout(buf.reference, x)
+            and same_layout(buf.reference, x)
             and len(buf.residuals) == len(stream_inputs)
-            and all(_same_layout(r, t) for r, t in zip(buf.residuals, stream_inputs))
+            and all(same_layout(r, t) for r, t in zip(buf.residuals, stream_inputs))
         )
         return buf.reference if fits else None
 
@@ -125,7 +122,7 @@ class LoopState:
             pred = _copy_calibrator(cal).forecast(GUIDE_STREAM, self.step, None)
         except KeyError:  # no computed step since the stream (re)started
             return None
-        return pred if _same_layout(pred, reference) else None
+        return pred if same_layout(pred, reference) else None
 
     def _current(self) -> Optional[StepRecord]:
         return self.records[-1] if self.records and self.records[-1].step == self.step else None
