@@ -10,7 +10,8 @@
    block is wrapped and compiled regionally, with the same runtime and state.
 
 The probes run within the first call (its inputs are run again on each next path), so the
-first call is the chosen path's first step: the first generation equals the next identical one. ``explain()`` reports the path a model takes and why.
+first call is the chosen path's first step: the first generation equals the next identical
+one. ``explain()`` reports the path a model takes and why.
 """
 
 from __future__ import annotations
