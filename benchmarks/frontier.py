@@ -65,6 +65,7 @@ QUICK_THRESHOLDS = (0.12, 0.4)
 GUIDANCE = 3.0
 SSIM_KERNEL = 3
 PLAN_FRACTIONS = (0.6, 0.5, 0.42, 0.36, 0.3, 0.25)  # planned family: computed steps / steps, one point each
+CALL_FRACTIONS = (0.66, 0.6, 0.5, 0.4, 0.33, 0.28, 0.25)  # planned call: a skipped step costs nothing
 
 
 # ----------------------------------------------------------------------------- models
@@ -116,8 +117,6 @@ class CalibrationContext:
     thresholds: Sequence[float] = THRESHOLDS
     max_continuous: Sequence[int] = (-1, 2, 3)
 
-    plan_fractions: Sequence[float] = PLAN_FRACTIONS
-
     def generate_one(self, model: torch.nn.Module, seed: int) -> torch.Tensor:
         """One calibration generation, scoped as one generation of the cached ``model``."""
         with dcp.generation(model):
@@ -165,27 +164,33 @@ def _checked_family(calibrator: Callable[[], CalibratorConfig], tag: str):
     return family
 
 
-def _planned(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
-    """A planned static schedule per budget (``planner.plan_steps``) on the CALIBRATION seeds'
-    observed trajectory, with the calibrator (none, TaylorSeer O1 or O2) whose replayed path
-    error is lowest there."""
-    from dit_cachepass.tuning import planner
+def _planned_family(whole_call: bool, fractions: Sequence[float]):
+    def family(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
+        """A planned static schedule per budget (``planner.plan_steps``) on the CALIBRATION seeds'
+        observed trajectory, with the calibrator (none, TaylorSeer O1 or O2) whose replayed path
+        error is lowest there. ``whole_call``: the skipped steps skip the whole call and the
+        plan forecasts the call's output (``skip_whole_call``), else the middle of the F1B0 loop."""
+        from dit_cachepass.runtime.wholecall import WHOLE_CALL
+        from dit_cachepass.tuning import planner
 
-    model = spec.load()
-    traj = next(iter(planner.observe(model, lambda: (ctx.generate_one(model, s) for s in ctx.seeds)).values()))
-    cals = {"reuse": None, "T1O1": dcp.TaylorSeerCalibratorConfig(taylorseer_order=1),
-            "T1O2": dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)}
-    points = []
-    for frac in ctx.plan_fractions:
-        budget = max(2, round(frac * ctx.steps))
-        plans = {n: planner.plan_steps(traj, budget, c) for n, c in cals.items()}
-        name = min(plans, key=lambda n: plans[n][1])
-        mask = plans[name][0]
-        points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)),
-                       dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=0,
-                                         steps_computation_mask=mask, steps_computation_policy="static"),
-                       cals[name]))
-    return points
+        model = spec.load()
+        trajs = planner.observe(model, lambda: (ctx.generate_one(model, s) for s in ctx.seeds), whole_call=whole_call)
+        traj = [t for n, t in trajs.items() if n.startswith(WHOLE_CALL) == whole_call]
+        cals = {"reuse": None, "T1O1": dcp.TaylorSeerCalibratorConfig(taylorseer_order=1),
+                "T1O2": dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)}
+        points = []
+        for frac in fractions:
+            budget = max(2, round(frac * ctx.steps))
+            plans = {n: planner.plan_steps(traj, budget, c) for n, c in cals.items()}
+            name = min(plans, key=lambda n: plans[n][1])
+            mask = plans[name][0]
+            points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)),
+                           dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=0,
+                                             steps_computation_mask=mask, steps_computation_policy="static",
+                                             skip_whole_call=whole_call),
+                           cals[name]))
+        return points
+    return family
 
 
 FAMILIES: dict[str, Callable[[ModelSpec, CalibrationContext], list[Point]]] = {
@@ -199,7 +204,8 @@ FAMILIES: dict[str, Callable[[ModelSpec, CalibrationContext], list[Point]]] = {
 CACHE_DIT_FAMILIES = tuple(FAMILIES)   # the anchors; families added later are compared against them
 FAMILIES["checked"] = _checked_family(lambda: dcp.TaylorSeerCalibratorConfig(taylorseer_order=1), "T1O1")
 FAMILIES["checked DMD"] = _checked_family(dcp.DMDCalibratorConfig, "DMD")
-FAMILIES["planned"] = _planned
+FAMILIES["planned"] = _planned_family(False, PLAN_FRACTIONS)
+FAMILIES["planned call"] = _planned_family(True, CALL_FRACTIONS)
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -14,6 +14,7 @@ from .compiler.capture import _isolated_forward, _list_lengths
 from .config import CalibratorConfig, DBCacheConfig, ParallelismConfig, ParamsModifier
 from .compiler.lower import CompileOptions
 from .runtime.paths import ModulePaths, nested_key, traced_by_outer_compile
+from .runtime import wholecall
 from .runtime.parallel import decision_group, enable_parallelism
 from .runtime.session import _ATTR, Session, UnsupportedModelError
 from .stats import Summary
@@ -134,7 +135,8 @@ class CachedForward:
         session.begin_call(self.timestep_of(args, kwargs), _layout(args, kwargs), (args, kwargs))
         try:
             try:
-                out = compiled(*args, **kwargs)
+                out = (wholecall.serve(session, compiled, args, kwargs) if session.config.skip_whole_call
+                       else compiled(*args, **kwargs))
             except torch._dynamo.exc.BackendCompilerFailed as e:  # strict=True: raise ours, not dynamo's wrapper
                 inner = getattr(e, "inner_exception", None) or e.__cause__
                 if isinstance(inner, UnsupportedModelError):

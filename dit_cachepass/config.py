@@ -205,6 +205,12 @@ class DBCacheConfig:
     #: blocks it can see (its error there tracks its error on the middle). Needs a calibrator;
     #: without one the forecast is the last computed residual, i.e. plain DBCache.
     forecast_check: bool = False
+    #: on the steps ``steps_computation_mask`` marks 0, skip the WHOLE transformer call (every
+    #: block and the glue around them) and return the calibrator's forecast of its output (the
+    #: last computed output without one). A skipped step then costs nothing, so a planned schedule
+    #: computes more steps for the same FLOPs; the mask alone decides (no block runs to give a
+    #: diff), so a mask is required: ``dcp.tune(..., policies=("planned",))`` plans one.
+    skip_whole_call: bool = False
 
     cache_type: str = field(default="DBCache", init=False)
 
@@ -240,6 +246,14 @@ class DBCacheConfig:
         _check_str(name, "loop_layout", self.loop_layout, ("auto", "per_list", "chain"))
         _check_bool(name, "detect_new_generation", self.detect_new_generation)
         _check_bool(name, "forecast_check", self.forecast_check)
+        _check_bool(name, "skip_whole_call", self.skip_whole_call)
+        if self.skip_whole_call and self.steps_computation_mask is None:
+            _fail(name, "skip_whole_call", True,
+                  "a steps_computation_mask with it (a skipped call runs no block, so only a planned mask can "
+                  "decide; get one from dcp.tune(..., policies=('planned',)) or pass e.g. [1, 1, 0, 1, 0, ...])")
+        if self.skip_whole_call and self.forecast_check:
+            _fail(name, "forecast_check", True, "False with skip_whole_call=True (no Fn block runs to check the "
+                  "forecast against)")
         if not self.cfg_diff_compute_separate and self.cfg_compute_first:
             _fail(name, "cfg_compute_first", True,
                   "False when cfg_diff_compute_separate=False (the CFG branch reuses the cond branch's diff, "
@@ -272,6 +286,8 @@ class DBCacheConfig:
             s += f"_N{self.num_inference_steps}"
         if self.forecast_check:
             s += "_FC"
+        if self.skip_whole_call:
+            s += "_WC"
         return s
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from .runtime.state import StepRecord
+from .runtime.wholecall import WHOLE_CALL
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Summary:
             for piece, f in zip(runner.prog.pieces, flops):
                 if piece.kind == "middle":
                     middle.setdefault(runner.loop_names[piece.loop], {})[piece.block] = f
+        middle[WHOLE_CALL] = {None: sum(flops)}  # a skipped whole call saves all of it
         loops, names = [], []
         # the current generation's loops; a branch that did not run in it (a pipeline without
         # CFG after one with it) is not shown with an older generation's records

@@ -84,7 +84,10 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     replaying its decisions on the observed generation (``dit_cachepass.tuning.checked``). Each
     is verified like the DBCache proposal; the policy with the better verified output (PSNR,
     else relative L1) among those reaching the target wins. One transformer (a bare module or a
-    pipeline with one): its loops and CFG branches share the mask / config.
+    pipeline with one): its loops and CFG branches share the mask / config. With
+    ``metric="flops"``, "planned" also tries skipping the WHOLE call on the planned steps
+    (``skip_whole_call=True``, ``report.policy == "planned call"``): a skipped step then costs
+    nothing, so the plan computes more steps for the same FLOPs.
 
     ``min_psnr``: a quality floor instead of a speed target: the fastest verified run whose
     output PSNR against the uncached one is at least ``min_psnr`` dB, searched by bisection over
@@ -148,7 +151,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     if extra and len(targets) == 1:
         from .tuning.planner import TrajectoryRecorder
 
-        traj_rec = TrajectoryRecorder(sessions[0], max_residual_bytes)
+        traj_rec = TrajectoryRecorder(sessions[0], max_residual_bytes, outputs="planned" in extra and metric == "flops")
         hooks.append(targets[0].register_forward_hook(traj_rec))
     try:
         reference = generate()
@@ -268,7 +271,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
                         run.rel_l1, run.psnr, out, reference, notes, calibrator_config)
     report.candidates.append(("dbcache", final_cfg.strify(), run.speedup, run.psnr, run.rel_l1))
     if extra:
-        _try_policies(report, extra, pipe_or_module, targets, traj_rec, streams, full, base, generate, backend, path)
+        _try_policies(report, extra, pipe_or_module, targets, traj_rec, streams, full, base, generate, backend, path,
+                      metric)
     return report
 
 
@@ -323,15 +327,19 @@ def _better(a: tuple, b: tuple, target: float) -> bool:
 
 def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: Any, targets: list, traj_rec: Any,
                   streams: list, full: float, base: DBCacheConfig, generate: Callable[[], Any], backend: str,
-                  path: str) -> None:
+                  path: str, metric: str = "steps") -> None:
     """Propose a planned schedule and / or a checked forecast on the observed trajectories (every
     cached loop and CFG branch of the one transformer: a mask or config serves them all), verify
     each like the DBCache proposal and keep the best (the transformer is left compiled with it);
-    every verified candidate is recorded in ``report.candidates``."""
+    every verified candidate is recorded in ``report.candidates``. With ``metric="flops"``,
+    "planned" also tries a plan that skips whole calls (``skip_whole_call``, "planned call"): a
+    skipped step then saves the whole call, which the steps metric (middle runs) cannot count."""
     from . import api
+    from .runtime.wholecall import WHOLE_CALL
     from .tuning import checked, planner
 
     trajs = traj_rec.trajectories() if traj_rec is not None and not traj_rec.overflow else {}
+    calls = [trajs.pop(k) for k in sorted(trajs) if k.startswith(WHOLE_CALL)]
     weights = {st.name: st.weight for st in streams}
     lengths = {len(t[planner.GUIDE_STREAM]) for t in trajs.values()}
     if not trajs or set(trajs) != set(weights) or len(lengths) != 1:
@@ -347,6 +355,10 @@ def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: A
         mask, cal, _ = planner.plan([trajs[k] for k in names], computed)
         proposals.append(("planned", base.update(steps_computation_mask=mask, steps_computation_policy="static",
                                                  max_warmup_steps=0), cal))
+        if metric == "flops" and calls and len({len(t[planner.GUIDE_STREAM]) for t in calls}) == 1:
+            mask, cal, _ = planner.plan(calls, planner.budget_for(n, report.target_speedup, full, full / n))
+            proposals.append(("planned call", base.update(steps_computation_mask=mask, max_warmup_steps=0,
+                                                          steps_computation_policy="static", skip_whole_call=True), cal))
     if "checked" in policies:
         found = checked.search([trajs[k] for k in names], base, per_step * (n - computed), checked._calibrators(),
                                weights=[weights[k] for k in names])
@@ -364,6 +376,9 @@ def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: A
         out = generate()
         summ = Summary.from_session(api._session(targets[0]))
         saved = sum(weights.get(lp.name, 0.0) * len(lp.cached_steps) for lp in summ.loops)
+        whole = [len(lp.cached_steps) for lp in summ.loops if lp.name.startswith(WHOLE_CALL)]
+        if whole:  # a skipped step (every branch's call) saves the step's whole work
+            saved += full / n * sum(whole) / len(whole)
         cached = len(summ.cached_steps)
         speedup = full / (full - saved) if full > saved else math.inf
         rel, psnr = output_error(out, report.reference_output)

@@ -41,6 +41,8 @@ class DBCachePolicy:
         c = self.config
         if step in self.warmup_steps:
             return Decision(False, "warmup")
+        if c.skip_whole_call:  # the call itself was planned to compute (runtime/wholecall.py)
+            return Decision(False, "whole-call")
         if c.steps_computation_mask is not None:
             mask = c.steps_computation_mask
             if step < len(mask) and mask[step] == 1:

@@ -164,8 +164,7 @@ class Session(CallTracker):
             branch = 0
         key = (name, branch)
         if key not in self.states:
-            label = name if branch == 0 else (f"{name} [{branch}]" if isinstance(branch, str)
-                                               else f"{name} [cfg branch {branch}]")
+            label = state_label(name, branch)
             partner = self.states.get((name, 0)) if branch != 0 else None
             st = LoopState(label, config, calibrator_config, partner=partner)
             st.warn = self.warn_once
@@ -273,6 +272,11 @@ class Session(CallTracker):
         self.warn(f"running uncached: {'; '.join(reasons) or 'no block loop found'}")
 
 
+
+
+def state_label(name: str, branch: Branch) -> str:
+    """How summaries name a loop's state on a branch: the loop name, then the branch if not 0."""
+    return name if branch == 0 else f"{name} [{branch}]" if isinstance(branch, str) else f"{name} [cfg branch {branch}]"
 
 
 def _session_from_settings(settings: dict) -> Session:

@@ -17,10 +17,13 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.utils._pytree as pytree
 
 from ..config import CalibratorConfig
 from ..runtime.calibrators import make_calibrator
+from ..runtime.session import state_label
 from ..runtime.state import GUIDE_STREAM
+from ..runtime.wholecall import WHOLE_CALL
 
 Trajectory = dict  # stream -> list of tensors, one per step (GUIDE_STREAM: the Fn residual)
 
@@ -121,11 +124,24 @@ class TrajectoryRecorder:
     after each call, keep per cached loop and branch the Fn residual and the middle's residuals
     of the step just computed. ``trajectories()``: name -> ``Trajectory``."""
 
-    def __init__(self, session, max_bytes: int = 2 << 30):
+    def __init__(self, session, max_bytes: int = 2 << 30, outputs: bool = False):
         self.session, self.max_bytes, self.bytes, self.overflow = session, max_bytes, 0, False
+        self.outputs = outputs
         self.steps: dict[str, dict[int, tuple]] = {}
 
+    def _keep(self, tensors: list[torch.Tensor]) -> bool:
+        self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        if self.bytes > self.max_bytes:
+            self.overflow, self.steps = True, {}
+        return not self.overflow
+
     def __call__(self, module, args, out) -> None:
+        session = self.session
+        if self.outputs and session.unsure is None and not self.overflow:  # the call's output, per branch
+            per = self.steps.setdefault(state_label(WHOLE_CALL, session.branch), {})
+            tensors = [t.detach().clone() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+            if session.step not in per and tensors and self._keep(tensors):
+                per[session.step] = (tensors[0], tensors)
         for st in self.session.states.values():
             rec = st.records[-1] if st.records else None
             buf = st.buffers.get(None)
@@ -134,10 +150,7 @@ class TrajectoryRecorder:
             per = self.steps.setdefault(st.name, {})
             if st.step in per:
                 continue
-            tensors = [buf.reference, *buf.residuals]
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-            if self.bytes > self.max_bytes:
-                self.overflow, self.steps = True, {}
+            if not self._keep([buf.reference, *buf.residuals]):
                 return
             per[st.step] = (buf.reference, list(buf.residuals))
 
@@ -155,21 +168,24 @@ class TrajectoryRecorder:
 
 
 def observe(model: torch.nn.Module, generate, cache_config=None, backend: str = "eager",
-            max_bytes: int = 2 << 30) -> dict[str, Trajectory]:
+            max_bytes: int = 2 << 30, whole_call: bool = False) -> dict[str, Trajectory]:
     """Compile ``model`` to observe (``cache_config``'s Fn/Bn, every step computed), run
     ``generate()`` (one generation per call to it is expected to be scoped by the caller, e.g.
     ``dcp.generation``) and return each cached loop's trajectory. Several generations with the
-    same step count are merged along the batch (dim 0), so one plan fits them all."""
+    same step count are merged along the batch (dim 0), so one plan fits them all.
+    ``whole_call=True`` also returns the call outputs' trajectory per CFG branch, under the
+    names ``dcp.summary`` gives them (``wholecall.WHOLE_CALL``, then ``... [cfg branch 1]``):
+    what a ``skip_whole_call`` plan forecasts (stream k: the k-th output tensor)."""
     from .. import api
     from ..config import DBCacheConfig
 
     base = cache_config if cache_config is not None else DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0)
     private = base.update(residual_diff_threshold=1e-12, max_warmup_steps=0, max_cached_steps=-1,
                           max_continuous_cached_steps=-1, max_accumulated_residual_diff_threshold=None,
-                          steps_computation_mask=None, forecast_check=False)
+                          steps_computation_mask=None, forecast_check=False, skip_whole_call=False)
     api.compile(model, private, backend=backend)
     runs: list[dict[str, Trajectory]] = []
-    rec = TrajectoryRecorder(api._session(model), max_bytes)
+    rec = TrajectoryRecorder(api._session(model), max_bytes, outputs=whole_call)
     hook = model.register_forward_hook(rec)
     try:
         for _ in generate():

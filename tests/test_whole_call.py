@@ -1,0 +1,181 @@
+"""``skip_whole_call``: planned steps that skip the whole transformer call (runtime/wholecall.py).
+
+Runs the shipped trained digits FluxTransformer2DModel (no threshold is involved: the mask decides)."""
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+import dit_cachepass as dcp
+from dit_cachepass.runtime.calibrators import make_calibrator
+from dit_cachepass.runtime.state import GUIDE_STREAM
+from dit_cachepass.runtime.wholecall import WHOLE_CALL
+from dit_cachepass.tuning import planner
+
+pytest.importorskip("diffusers")
+from dit_cachepass.demo_model import load_digits_dit, make_ids, pack, conditioning, sample  # noqa: E402
+
+STEPS = 12
+MASK = [1, 1, 0, 1, 0, 0, 1, 0, 1, 1, 0, 1]
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_thread):
+    pass
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_dit()
+
+
+def _config(mask=MASK, **kw):
+    return dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, steps_computation_mask=mask,
+                             skip_whole_call=True, **kw)
+
+
+class _Reference(torch.nn.Module):
+    """The written-out rule: call the model on the mask's 1s, else forecast its output with a
+    fresh calibrator of the same config (or reuse the last output)."""
+
+    def __init__(self, model, mask, calibrator):
+        super().__init__()
+        self.model, self.mask, self.k = model, mask, 0
+        self.cal = make_calibrator(dataclasses.replace(calibrator, enable_calibrator=True)) if calibrator else None
+        self.last = None
+
+    def forward(self, **kw):
+        k, self.k = self.k, self.k + 1
+        if k == 0 or self.mask[k]:
+            self.last = out = self.model(**kw)[0]
+            if self.cal is not None:
+                self.cal.update(0, out, k)
+            return (out,)
+        return (self.cal.forecast(0, k, None) if self.cal is not None else self.last,)
+
+
+@pytest.mark.parametrize("calibrator", [None, dcp.TaylorSeerCalibratorConfig(taylorseer_order=1),
+                                        dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)],
+                         ids=["reuse", "T1O1", "T1O2"])
+def test_skipped_calls_return_the_forecast_of_the_output_and_save_the_whole_call(digits, calibrator):
+    model, info = digits
+    labels = torch.arange(4)
+    with torch.no_grad():
+        expected = sample(_Reference(model, MASK, calibrator), labels, steps=STEPS, seed=3, info=info)
+    dcp.compile(model, _config(), calibrator_config=calibrator, backend="eager")
+    try:
+        with dcp.generation(model):
+            got = sample(model, labels, steps=STEPS, seed=3, info=info)
+        s = dcp.summary(model)
+    finally:
+        dcp.disable(model)
+    assert torch.equal(got, expected)
+    skipped = [k for k, v in enumerate(MASK) if v == 0]
+    assert s.loops[0].name == WHOLE_CALL and s.cached_steps == skipped
+    assert all(not lp.cached_steps for lp in s.loops[1:])  # the loops inside never cache on their own
+    assert s.ideal_speedup == pytest.approx(STEPS / sum(MASK))  # a skipped call executes nothing
+
+
+def test_a_skipped_call_keeps_the_output_type(digits):
+    """``return_dict=True``: the forecast comes back as the model's output class."""
+    model, info = digits
+    x = pack(torch.randn(2, 1, info.image_size, info.image_size), info.patch)
+    ehs, pooled = conditioning(info, torch.arange(2))
+    img_ids, txt_ids = make_ids(info.image_size, info.patch, ehs.shape[1])
+    kw = dict(hidden_states=x, encoder_hidden_states=ehs, pooled_projections=pooled, img_ids=img_ids, txt_ids=txt_ids)
+    dcp.compile(model, _config([1, 0, 0]), backend="eager")
+    try:
+        with torch.no_grad(), dcp.generation(model):
+            first = model(timestep=torch.full((2,), 1.0), **kw)
+            second = model(timestep=torch.full((2,), 0.9), **kw)
+        assert type(second) is type(first) and torch.equal(second.sample, first.sample)
+        assert second.sample is not first.sample  # a copy: changing one output in place leaves the cache alone
+        assert dcp.summary(model).cached_steps == [1]
+    finally:
+        dcp.disable(model)
+
+
+def _bare_calls(model, info, batches, values=None):
+    """One generation of bare calls, one per timestep, with the given batch sizes (and a NaN input where
+    ``values`` says so); returns the summary's whole-call record."""
+    ehs_all, pooled_all = conditioning(info, torch.arange(4))
+    img_ids, txt_ids = make_ids(info.image_size, info.patch, ehs_all.shape[1])
+    with torch.no_grad(), dcp.generation(model):
+        for k, b in enumerate(batches):
+            x = pack(torch.randn(b, 1, info.image_size, info.image_size, generator=torch.Generator().manual_seed(k)),
+                     info.patch)
+            if values is not None and values[k] is not None:
+                x = torch.full_like(x, values[k])
+            out = model(hidden_states=x, timestep=torch.full((b,), 1.0 - 0.1 * k), encoder_hidden_states=ehs_all[:b],
+                        pooled_projections=pooled_all[:b], img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+            assert out.shape == x.shape
+    return dcp.summary(model).loops[0].steps
+
+
+def test_an_input_of_another_shape_computes_instead_of_returning_the_stale_output(digits):
+    model, info = digits
+    dcp.compile(model, _config([1, 0, 0, 0]), backend="eager")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            recs = _bare_calls(model, info, [2, 2, 3, 3])
+    finally:
+        dcp.disable(model)
+    # (the mask's leading 1s are warmup steps, as in cache-dit)
+    assert [(r.cached, r.reason) for r in recs] == [(False, "warmup"), (True, "mask-static"),
+                                                    (False, "shape-change"), (True, "mask-static")]
+
+
+def test_a_non_finite_output_is_never_forecast(digits):
+    model, info = digits
+    dcp.compile(model, _config([1, 1, 0, 0]), backend="eager")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            recs = _bare_calls(model, info, [2, 2, 2, 2], values=[None, float("nan"), None, None])
+    finally:
+        dcp.disable(model)
+    # step 1's NaN output is not kept: step 2 finds no output to forecast from and computes
+    assert [(r.cached, r.reason) for r in recs] == [(False, "warmup"), (False, "warmup"), (False, "no-reference"),
+                                                    (True, "mask-static")]
+
+
+def test_config_asks_for_a_mask_and_refuses_a_checked_forecast():
+    with pytest.raises(ValueError, match="skip_whole_call=True is invalid.*steps_computation_mask"):
+        dcp.DBCacheConfig(skip_whole_call=True)
+    with pytest.raises(ValueError, match="forecast_check=True is invalid.*skip_whole_call"):
+        dcp.DBCacheConfig(skip_whole_call=True, steps_computation_mask=[1, 0], forecast_check=True)
+    assert dcp.DBCacheConfig(skip_whole_call=True, steps_computation_mask=[1, 0]).strify().endswith("_WC")
+
+
+def test_observe_records_the_call_outputs_per_step(digits):
+    model, info = digits
+    labels = torch.arange(3)
+    outs = []
+    hook = model.register_forward_hook(lambda m, a, o: outs.append(o[0].clone()))
+    try:
+        with torch.no_grad():
+            sample(model, labels, steps=5, seed=1, info=info)
+    finally:
+        hook.remove()
+    trajs = planner.observe(model, lambda: (sample(model, labels, steps=5, seed=s, info=info) for s in (1,)),
+                            whole_call=True)
+    dcp.disable(model)
+    assert set(trajs) == {WHOLE_CALL, "transformer_blocks+single_transformer_blocks"}
+    traj = trajs[WHOLE_CALL]
+    assert set(traj) == {GUIDE_STREAM, 0}
+    assert all(torch.equal(a, b) for a, b in zip(traj[0], outs)) and len(traj[0]) == 5
+
+
+def test_tune_on_flops_plans_whole_calls_and_reports_their_speedup():
+    from dit_cachepass.tune import tune_digits
+
+    report, _, _ = tune_digits(2.5, steps=12, metric="flops", policies=("dbcache", "planned"), seed=5)
+    call = [c for c in report.candidates if c[0] == "planned call"]
+    assert len(call) == 1 and "_WC" in call[0][1]
+    assert call[0][2] >= 2.5 - 1e-9  # verified: 12 steps, at most 4 computed
+    # on this trained model the whole-call plan beats the DBCache threshold and the middle plan at 2.5x
+    assert report.policy == "planned call" and report.config.skip_whole_call
+    assert report.flops_speedup == pytest.approx(report.ideal_speedup)
