@@ -179,3 +179,29 @@ def test_tune_on_flops_plans_whole_calls_and_reports_their_speedup():
     # on this trained model the whole-call plan beats the DBCache threshold and the middle plan at 2.5x
     assert report.policy == "planned call" and report.config.skip_whole_call
     assert report.flops_speedup == pytest.approx(report.ideal_speedup)
+
+
+def test_true_cfg_pipeline_forecasts_each_branch_and_a_second_generation_equals_a_fresh_one():
+    """diffusers' FluxPipeline with true CFG (random tiny weights; the mask decides, no threshold):
+    the cond and uncond calls of a step each skip, each from its own outputs, and the next pipeline
+    call starts from nothing (equal to a fresh pipeline's run of it alone)."""
+    from diffusers import FluxPipeline
+
+    from test_state_pipelines import pipe_for, t2i, tiny_flux
+
+    mask = [1, 1, 0, 1, 0, 1]
+    cfg = dict(steps_computation_mask=mask, skip_whole_call=True, max_warmup_steps=0)
+    cal = dcp.TaylorSeerCalibratorConfig(taylorseer_order=1)
+    pipe = pipe_for(FluxPipeline, tiny_flux(), cached=False)
+    dcp.enable_cache(pipe, dcp.DBCacheConfig(Fn_compute_blocks=1, **cfg), calibrator_config=cal, backend="eager")
+    t2i(pipe, 1, 6)
+    second = t2i(pipe, 2, 6)
+    summary = dcp.summary(pipe.transformer)
+    calls = {lp.name: lp.cached_steps for lp in summary.loops if lp.name.startswith(WHOLE_CALL)}
+    assert calls == {WHOLE_CALL: [2, 4], f"{WHOLE_CALL} [uncond]": [2, 4]}
+    assert summary.ideal_speedup == pytest.approx(6 / 4)
+    fresh = pipe_for(FluxPipeline, tiny_flux(), cached=False)
+    dcp.enable_cache(fresh, dcp.DBCacheConfig(Fn_compute_blocks=1, **cfg), calibrator_config=cal, backend="eager")
+    torch.testing.assert_close(second, t2i(fresh, 2, 6), rtol=0, atol=0)
+    uncached = t2i(pipe_for(FluxPipeline, tiny_flux(), cached=False), 2, 6)
+    assert not torch.equal(second, uncached)  # the skipped steps did return forecasts
