@@ -97,46 +97,38 @@ def test_a_skipped_call_keeps_the_output_type(digits):
         dcp.disable(model)
 
 
-def _bare_calls(model, info, batches, values=None):
-    """One generation of bare calls, one per timestep, with the given batch sizes (and a NaN input where
-    ``values`` says so); returns the summary's whole-call record."""
+def _bare_calls(model, info, mask, batches, values=None):
+    """One generation of bare calls under ``mask``, one per timestep, with the given batch sizes (and a
+    NaN input where ``values`` says so); returns the summary's whole-call record."""
     ehs_all, pooled_all = conditioning(info, torch.arange(4))
     img_ids, txt_ids = make_ids(info.image_size, info.patch, ehs_all.shape[1])
-    with torch.no_grad(), dcp.generation(model):
-        for k, b in enumerate(batches):
-            x = pack(torch.randn(b, 1, info.image_size, info.image_size, generator=torch.Generator().manual_seed(k)),
-                     info.patch)
-            if values is not None and values[k] is not None:
-                x = torch.full_like(x, values[k])
-            out = model(hidden_states=x, timestep=torch.full((b,), 1.0 - 0.1 * k), encoder_hidden_states=ehs_all[:b],
-                        pooled_projections=pooled_all[:b], img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
-            assert out.shape == x.shape
-    return dcp.summary(model).loops[0].steps
+    dcp.compile(model, _config(mask), backend="eager")
+    try:
+        with torch.no_grad(), dcp.generation(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for k, b in enumerate(batches):
+                g = torch.Generator().manual_seed(k)
+                x = pack(torch.randn(b, 1, info.image_size, info.image_size, generator=g), info.patch)
+                if values is not None and values[k] is not None:
+                    x = torch.full_like(x, values[k])
+                out = model(hidden_states=x, timestep=torch.full((b,), 1.0 - 0.1 * k),
+                            encoder_hidden_states=ehs_all[:b], pooled_projections=pooled_all[:b], img_ids=img_ids,
+                            txt_ids=txt_ids, return_dict=False)[0]
+                assert out.shape == x.shape
+        return dcp.summary(model).loops[0].steps
+    finally:
+        dcp.disable(model)
 
 
 def test_an_input_of_another_shape_computes_instead_of_returning_the_stale_output(digits):
-    model, info = digits
-    dcp.compile(model, _config([1, 0, 0, 0]), backend="eager")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            recs = _bare_calls(model, info, [2, 2, 3, 3])
-    finally:
-        dcp.disable(model)
+    recs = _bare_calls(*digits, [1, 0, 0, 0], [2, 2, 3, 3])
     # (the mask's leading 1s are warmup steps, as in cache-dit)
     assert [(r.cached, r.reason) for r in recs] == [(False, "warmup"), (True, "mask-static"),
                                                     (False, "shape-change"), (True, "mask-static")]
 
 
 def test_a_non_finite_output_is_never_forecast(digits):
-    model, info = digits
-    dcp.compile(model, _config([1, 1, 0, 0]), backend="eager")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            recs = _bare_calls(model, info, [2, 2, 2, 2], values=[None, float("nan"), None, None])
-    finally:
-        dcp.disable(model)
+    recs = _bare_calls(*digits, [1, 1, 0, 0], [2, 2, 2, 2], values=[None, float("nan"), None, None])
     # step 1's NaN output is not kept: step 2 finds no output to forecast from and computes
     assert [(r.cached, r.reason) for r in recs] == [(False, "warmup"), (False, "warmup"), (False, "no-reference"),
                                                     (True, "mask-static")]
