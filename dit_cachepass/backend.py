@@ -91,6 +91,10 @@ def session_for_options(options: Optional[dict], mode: Optional[str] = None) -> 
     if unknown:
         raise ValueError(f"unknown dit_cache option(s) {unknown}: expected {sorted(_OPTION_KEYS | {'mode'})} "
                          "or torch._inductor.config settings (e.g. 'max_autotune')")
+    if getattr(options.get("cache_config"), "skip_whole_call", False):
+        raise ValueError("cache_config.skip_whole_call=True cannot run under torch.compile(..., backend='dit_cache'): "
+                         "the backend only sees the call's graph, and a skipped call must return before it; use "
+                         "dcp.compile(module, cache_config) or dcp.enable_cache(pipe, cache_config)")
     return Session(options.get("cache_config"), backend=options.get("backend", "inductor"),
                    strict=options.get("strict", False), calibrator_config=options.get("calibrator_config"),
                    compile_options=CompileOptions(mode=mode, options=inductor,

@@ -140,6 +140,10 @@ def test_config_asks_for_a_mask_and_refuses_a_checked_forecast():
     with pytest.raises(ValueError, match="forecast_check=True is invalid.*skip_whole_call"):
         dcp.DBCacheConfig(skip_whole_call=True, steps_computation_mask=[1, 0], forecast_check=True)
     assert dcp.DBCacheConfig(skip_whole_call=True, steps_computation_mask=[1, 0]).strify().endswith("_WC")
+    # the torch.compile backend sees only the graph: it cannot skip the call, and says what can
+    with pytest.raises(Exception, match="skip_whole_call.*dcp.compile"):  # dynamo wraps it
+        torch.compile(torch.nn.Linear(2, 2), backend="dit_cache", options={"cache_config": dcp.DBCacheConfig(
+            skip_whole_call=True, steps_computation_mask=[1, 0])})(torch.randn(1, 2))
 
 
 def test_observe_records_the_call_outputs_per_step(digits):
