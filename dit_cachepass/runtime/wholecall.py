@@ -51,22 +51,19 @@ def serve(session: "Session", run: Callable[..., Any], args: tuple, kwargs: dict
     """One call: ``run(*args, **kwargs)`` on a computed step (its output then stored), the
     forecast output on a skipped one."""
     session.place()
-    config, calibrator_config = session.config_for(0)
-    state = session.state(WHOLE_CALL, session.branch, config, calibrator_config)
+    # the whole call is not a loop: the session's own config (the one that asked for it), never a
+    # loop's ParamsModifier
+    state = session.state(WHOLE_CALL, session.branch, session.config, session.calibrator_config)
     state.step = session.step
     d = decide(state)
     cal = state.calibrator
-    if d.cache:
+    if d.cache:  # the stored output and the calibrator were updated together at each computed step
         buf = state.buffers[None]
         spec, values = buf.values
-        try:
-            tensors = [cal.forecast(k, state.step, None) if cal is not None else t.clone()
-                       for k, t in enumerate(buf.residuals)]
-        except KeyError:  # the calibrator restarted since (no computed step to forecast from)
-            d = Decision(False, "no-reference")
-        else:
-            state.record(d)
-            return pytree.tree_unflatten(_merge(values, tensors), spec)
+        tensors = [cal.forecast(k, state.step, None) if cal is not None else t.clone()
+                   for k, t in enumerate(buf.residuals)]
+        state.record(d)
+        return pytree.tree_unflatten(_merge(values, tensors), spec)
     out = run(*args, **kwargs)
     leaves, spec = pytree.tree_flatten(out)
     tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
