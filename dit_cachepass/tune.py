@@ -114,6 +114,9 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     if not isinstance(base, DBCacheConfig) or base.cache_type != "DBCache":
         raise TypeError("dcp.tune tunes a DBCacheConfig (DBPrune is not supported)")
     base.validate()
+    # tune decides which steps compute: a base that skips whole calls on its own mask is tuned as
+    # a DBCache config, and "planned call" (policies="planned", metric="flops") brings the skip back
+    base = base.update(skip_whole_call=False, steps_computation_mask=None) if base.skip_whole_call else base
     unknown = [p for p in policies if p not in POLICIES]
     if isinstance(policies, str) or unknown or "dbcache" not in policies:
         raise ValueError(f"policies={policies!r} is invalid: expected a tuple with 'dbcache' and optionally "

@@ -177,6 +177,21 @@ def test_tune_on_flops_plans_whole_calls_and_reports_their_speedup():
     assert report.flops_speedup == pytest.approx(report.ideal_speedup)
 
 
+def test_tune_takes_a_base_config_that_already_skips_whole_calls(digits):
+    """The base's own mask and skip are tune's to decide: it observes and proposes as from a plain base."""
+    model, info = digits
+    labels = torch.arange(4)
+    base = dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, skip_whole_call=True,
+                             steps_computation_mask=[1, 1, 0, 1, 0, 1, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = dcp.tune(model, lambda: sample(model, labels, steps=8, seed=1, info=info), 1.5, base,
+                          backend="eager", metric="flops", policies=("dbcache", "planned"))
+    dcp.disable(model)
+    assert {c[0] for c in report.candidates} >= {"dbcache", "planned call"}
+    assert report.ideal_speedup >= 1.5 - 1e-9
+
+
 def test_true_cfg_pipeline_forecasts_each_branch_and_a_second_generation_equals_a_fresh_one():
     """diffusers' FluxPipeline with true CFG (random tiny weights; the mask decides, no threshold):
     the cond and uncond calls of a step each skip, each from its own outputs, and the next pipeline

@@ -96,7 +96,8 @@ def search(trajs: Union[Trajectory, Sequence[Trajectory]], base: DBCacheConfig, 
             for mc in continuous:
                 def run(t: float) -> tuple[DBCacheConfig, list[list[int]], float, float]:
                     cfg = base.update(residual_diff_threshold=t, max_warmup_steps=w, max_continuous_cached_steps=mc,
-                                      forecast_check=True, steps_computation_mask=None)
+                                      forecast_check=True, steps_computation_mask=None,
+                                      skip_whole_call=False)
                     runs = [replay(tr, cfg, cal, memo) for tr, memo in zip(trajs, memos)]
                     saved = sum(wt * len(c) for wt, (c, _) in zip(weights, runs))
                     return cfg, [c for c, _ in runs], sum(e for _, e in runs), saved
