@@ -66,6 +66,7 @@ GUIDANCE = 3.0
 SSIM_KERNEL = 3
 PLAN_FRACTIONS = (0.6, 0.5, 0.42, 0.36, 0.3, 0.25)  # planned family: computed steps / steps, one point each
 CALL_FRACTIONS = (0.66, 0.6, 0.5, 0.4, 0.33, 0.28, 0.25)  # planned call: a skipped step costs nothing
+REFINE_EVALS = 60  # planned call, refined: real calibration generations per budget
 
 
 # ----------------------------------------------------------------------------- models
@@ -164,12 +165,15 @@ def _checked_family(calibrator: Callable[[], CalibratorConfig], tag: str):
     return family
 
 
-def _planned_family(whole_call: bool, fractions: Sequence[float]):
+def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: int = 0):
     def family(spec: ModelSpec, ctx: CalibrationContext) -> list[Point]:
         """A planned static schedule per budget (``planner.plan_steps``) on the CALIBRATION seeds'
         observed trajectory, with the calibrator (none, TaylorSeer O1 or O2) whose replayed path
         error is lowest there. ``whole_call``: the skipped steps skip the whole call and the
-        plan forecasts the call's output (``skip_whole_call``), else the middle of the F1B0 loop."""
+        plan forecasts the call's output (``skip_whole_call``), else the middle of the F1B0 loop.
+        ``refine_evals``: then ``planner.refine`` the plans on real cached generations of the
+        calibration seeds (their MSE against the uncached ones), the filler chosen by the same
+        runs among TaylorSeer O1 / O2 and DMD, each with and without ``correct_skipped`` (DC)."""
         from dit_cachepass.runtime.wholecall import WHOLE_CALL
         from dit_cachepass.tuning import planner
 
@@ -178,17 +182,31 @@ def _planned_family(whole_call: bool, fractions: Sequence[float]):
         traj = [t for n, t in trajs.items() if n.startswith(WHOLE_CALL) == whole_call]
         cals = {"reuse": None, "T1O1": dcp.TaylorSeerCalibratorConfig(taylorseer_order=1),
                 "T1O2": dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)}
+        config = lambda mask, correct=False: dcp.DBCacheConfig(  # noqa: E731
+            Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=0, steps_computation_mask=list(mask),
+            steps_computation_policy="static", skip_whole_call=whole_call, correct_skipped=correct)
+        if refine_evals:
+            truth = torch.cat(ctx.generate(spec.load()))  # a never-compiled model: the uncached outputs
+            fillers = {f"{n}{' DC' if dc else ''}": (c, dc) for n, c in
+                       (("T1O1", cals["T1O1"]), ("T1O2", cals["T1O2"]), ("DMD", dcp.DMDCalibratorConfig()))
+                       for dc in ((False, True) if whole_call else (False,))}
+
+            def error(mask: list[int], filler: tuple) -> float:
+                dcp.compile(model, config(mask, filler[1]), calibrator_config=filler[0], backend="eager")
+                return float(((torch.cat(ctx.generate(model)).float() - truth.float()) ** 2).mean())
         points = []
         for frac in fractions:
             budget = max(2, round(frac * ctx.steps))
             plans = {n: planner.plan_steps(traj, budget, c) for n, c in cals.items()}
             name = min(plans, key=lambda n: plans[n][1])
-            mask = plans[name][0]
-            points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)),
-                           dcp.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=0,
-                                             steps_computation_mask=mask, steps_computation_policy="static",
-                                             skip_whole_call=whole_call),
-                           cals[name]))
+            mask, cal, correct = plans[name][0], cals[name], False
+            if refine_evals:
+                got = planner.refine([plans[n][0] for n in plans], list(fillers.values()), error,
+                                     max_evals=refine_evals)
+                mask, (cal, correct) = got.mask, got.filler
+                name = next(n for n, f in fillers.items() if f is got.filler) + f" R{got.evals}"
+            points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)), config(mask, correct),
+                           cal))
         return points
     return family
 
@@ -206,6 +224,7 @@ FAMILIES["checked"] = _checked_family(lambda: dcp.TaylorSeerCalibratorConfig(tay
 FAMILIES["checked DMD"] = _checked_family(dcp.DMDCalibratorConfig, "DMD")
 FAMILIES["planned"] = _planned_family(False, PLAN_FRACTIONS)
 FAMILIES["planned call"] = _planned_family(True, CALL_FRACTIONS)
+FAMILIES["planned call, refined"] = _planned_family(True, CALL_FRACTIONS, refine_evals=REFINE_EVALS)
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -211,6 +211,13 @@ class DBCacheConfig:
     #: computes more steps for the same FLOPs; the mask alone decides (no block runs to give a
     #: diff), so a mask is required: ``dcp.tune(..., policies=("planned",))`` plans one.
     skip_whole_call: bool = False
+    #: with ``skip_whole_call``: the first computed step after skipped calls returns its output
+    #: plus the skipped steps' forecast error, estimated by interpolating between the computed
+    #: outputs around them, so that an Euler sampler's next update undoes the drift the forecasts
+    #: caused (a deferred correction, in step units: exact for equal step sizes). Only for samplers
+    #: that add ``dt * output`` per step (flow-matching Euler: FLUX, SD3, Wan, Qwen-Image); a
+    #: multistep solver reuses the output and would be hurt, so verify it (``dcp.tune`` does).
+    correct_skipped: bool = False
 
     cache_type: str = field(default="DBCache", init=False)
 
@@ -251,6 +258,10 @@ class DBCacheConfig:
             _fail(name, "skip_whole_call", True,
                   "a steps_computation_mask with it (a skipped call runs no block, so only a planned mask can "
                   "decide; get one from dcp.tune(..., policies=('planned',)) or pass e.g. [1, 1, 0, 1, 0, ...])")
+        _check_bool(name, "correct_skipped", self.correct_skipped)
+        if self.correct_skipped and not self.skip_whole_call:
+            _fail(name, "correct_skipped", True, "False without skip_whole_call=True (only skipped whole calls "
+                  "leave a forecast error in the sampler's state to correct)")
         if self.skip_whole_call and self.forecast_check:
             _fail(name, "forecast_check", True, "False with skip_whole_call=True (no Fn block runs to check the "
                   "forecast against)")
@@ -288,6 +299,8 @@ class DBCacheConfig:
             s += "_FC"
         if self.skip_whole_call:
             s += "_WC"
+        if self.correct_skipped:
+            s += "_DC"
         return s
 
 

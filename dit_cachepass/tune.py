@@ -57,7 +57,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
          max_continuous_cached_steps: Optional[int] = None, continuous_choices: Sequence[int] = (1, 2, 3, 4, -1),
          margin: float = 0.02, refine: int = 2, max_residual_bytes: int = 2 << 30,
          output: Optional[Callable[[Any], Any]] = None, path: str = "auto",
-         policies: Sequence[str] = ("dbcache",), min_psnr: Optional[float] = None, probes: int = 5) -> TuneReport:
+         policies: Sequence[str] = ("dbcache",), min_psnr: Optional[float] = None, probes: int = 5,
+         plan_evals: int = 0) -> TuneReport:
     """Propose a DBCache threshold, warmup and continuous-step cap for ``target_speedup``, then
     verify it (see the module docstring).
 
@@ -87,7 +88,10 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     pipeline with one): its loops and CFG branches share the mask / config. With
     ``metric="flops"``, "planned" also tries skipping the WHOLE call on the planned steps
     (``skip_whole_call=True``, ``report.policy == "planned call"``): a skipped step then costs
-    nothing, so the plan computes more steps for the same FLOPs.
+    nothing, so the plan computes more steps for the same FLOPs; it is verified with and without
+    ``correct_skipped``. ``plan_evals``: up to this many more cached runs of ``call`` refine that
+    plan (``planner.refine``: the real output error picks the mask and its filler: TaylorSeer
+    order 1 / 2 or DMD, with and without ``correct_skipped``); its result is one more candidate.
 
     ``min_psnr``: a quality floor instead of a speed target: the fastest verified run whose
     output PSNR against the uncached one is at least ``min_psnr`` dB, searched by bisection over
@@ -103,7 +107,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
         kwargs = dict(metric=metric, backend=backend, calibrator_config=calibrator_config,
                       max_warmup_steps=max_warmup_steps, max_continuous_cached_steps=max_continuous_cached_steps,
                       continuous_choices=continuous_choices, margin=margin, refine=refine,
-                      max_residual_bytes=max_residual_bytes, output=output, path=path, policies=policies)
+                      max_residual_bytes=max_residual_bytes, output=output, path=path, policies=policies,
+                      plan_evals=plan_evals)
         return _tune_for_floor(pipe_or_module, call, float(min_psnr), target_speedup, cache_config, probes, kwargs)
 
     if metric not in ("steps", "flops"):
@@ -118,6 +123,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     # a DBCache config, and "planned call" (policies="planned", metric="flops") brings the skip back
     base = base.update(skip_whole_call=False, steps_computation_mask=None) if base.skip_whole_call else base
     unknown = [p for p in policies if p not in POLICIES]
+    if not isinstance(plan_evals, int) or isinstance(plan_evals, bool) or plan_evals < 0:
+        raise ValueError(f"plan_evals={plan_evals!r} is invalid: expected an int >= 0 (0: no refinement)")
     if isinstance(policies, str) or unknown or "dbcache" not in policies:
         raise ValueError(f"policies={policies!r} is invalid: expected a tuple with 'dbcache' and optionally "
                          "'planned' and / or 'checked'")
@@ -275,7 +282,7 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     report.candidates.append(("dbcache", final_cfg.strify(), run.speedup, run.psnr, run.rel_l1))
     if extra:
         _try_policies(report, extra, pipe_or_module, targets, traj_rec, streams, full, base, generate, backend, path,
-                      metric)
+                      metric, plan_evals)
     return report
 
 
@@ -330,13 +337,14 @@ def _better(a: tuple, b: tuple, target: float) -> bool:
 
 def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: Any, targets: list, traj_rec: Any,
                   streams: list, full: float, base: DBCacheConfig, generate: Callable[[], Any], backend: str,
-                  path: str, metric: str = "steps") -> None:
+                  path: str, metric: str = "steps", plan_evals: int = 0) -> None:
     """Propose a planned schedule and / or a checked forecast on the observed trajectories (every
     cached loop and CFG branch of the one transformer: a mask or config serves them all), verify
     each like the DBCache proposal and keep the best (the transformer is left compiled with it);
     every verified candidate is recorded in ``report.candidates``. With ``metric="flops"``,
-    "planned" also tries a plan that skips whole calls (``skip_whole_call``, "planned call"): a
-    skipped step then saves the whole call, which the steps metric (middle runs) cannot count."""
+    "planned" also tries a plan that skips whole calls (``skip_whole_call``, "planned call"), with
+    and without ``correct_skipped``: a skipped step then saves the whole call, which the steps
+    metric (middle runs) cannot count."""
     from . import api
     from .runtime.wholecall import WHOLE_CALL
     from .tuning import checked, planner
@@ -354,14 +362,25 @@ def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: A
     per_step = sum(weights.values())  # what one step cached in every loop and branch saves
     computed = planner.budget_for(n, report.target_speedup, full, per_step)
     proposals: list[tuple[str, DBCacheConfig, Optional[CalibratorConfig]]] = []
+
+    def install(cfg: DBCacheConfig, cal: Optional[CalibratorConfig]) -> None:
+        api.compile(targets[0], cfg, calibrator_config=cal, backend=backend,
+                    **({"path": path} if targets[0] is pipe_or_module else {}))
+
     if "planned" in policies:
         mask, cal, _ = planner.plan([trajs[k] for k in names], computed)
         proposals.append(("planned", base.update(steps_computation_mask=mask, steps_computation_policy="static",
                                                  max_warmup_steps=0), cal))
         if metric == "flops" and calls and len({len(t[planner.GUIDE_STREAM]) for t in calls}) == 1:
             mask, cal, _ = planner.plan(calls, planner.budget_for(n, report.target_speedup, full, full / n))
-            proposals.append(("planned call", base.update(steps_computation_mask=mask, max_warmup_steps=0,
-                                                          steps_computation_policy="static", skip_whole_call=True), cal))
+            call_cfg = base.update(steps_computation_mask=mask, max_warmup_steps=0, steps_computation_policy="static",
+                                   skip_whole_call=True)
+            # with and without the deferred correction: it helps Euler samplers on most plans, not
+            # all, and hurts multistep ones; only a verified run can tell
+            proposals += [("planned call", call_cfg, cal), ("planned call", call_cfg.update(correct_skipped=True), cal)]
+            if plan_evals:
+                proposals.append(("planned call", *_refined_call(calls, call_cfg, install, generate, report,
+                                                                 plan_evals)))
     if "checked" in policies:
         found = checked.search([trajs[k] for k in names], base, per_step * (n - computed), checked._calibrators(),
                                weights=[weights[k] for k in names])
@@ -369,10 +388,6 @@ def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: A
             report.notes.append("checked: no threshold caches enough steps for the target in the replay")
         else:
             proposals.append(("checked", found.config, found.calibrator))
-
-    def install(cfg: DBCacheConfig, cal: Optional[CalibratorConfig]) -> None:
-        api.compile(targets[0], cfg, calibrator_config=cal, backend=backend,
-                    **({"path": path} if targets[0] is pipe_or_module else {}))
 
     for policy, cfg, cal in proposals:
         install(cfg, cal)
@@ -399,6 +414,28 @@ def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: A
         report.notes.append(f"{policy} {verdict}: {tag} (verified {speedup:.2f}x, PSNR {_fmt(psnr, '.1f')} dB)")
     if proposals:  # leave the transformer compiled with the winner
         install(report.config, report.calibrator_config)
+
+
+def _refined_call(calls: list, cfg: DBCacheConfig, install: Callable, generate: Callable[[], Any],
+                  report: TuneReport, evals: int) -> tuple[DBCacheConfig, Optional[CalibratorConfig]]:
+    """The whole-call plan ``cfg`` refined by up to ``evals`` real runs (``planner.refine``), from
+    the planner's mask for each filler; the error is the output's relative L1 to the uncached one."""
+    from .config import DMDCalibratorConfig, TaylorSeerCalibratorConfig
+    from .tuning import planner
+
+    computed = sum(cfg.steps_computation_mask)
+    cals = [TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
+            DMDCalibratorConfig()]
+    starts = [planner.plan_steps(calls, computed, c)[0] for c in (None, *cals[:2])]
+
+    def error(mask: list[int], filler: tuple) -> float:
+        install(cfg.update(steps_computation_mask=mask, correct_skipped=filler[1]), filler[0])
+        rel, _ = output_error(generate(), report.reference_output)
+        return math.inf if rel is None else rel
+
+    got = planner.refine(starts, [(c, dc) for c in cals for dc in (False, True)], error, max_evals=evals)
+    report.notes.append(f"planned call refined on {got.evals} real runs")
+    return cfg.update(steps_computation_mask=got.mask, correct_skipped=got.filler[1]), got.filler[0]
 
 
 def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1, Fn: int = 1, Bn: int = 0,

@@ -85,3 +85,36 @@ def test_tune_tries_a_planned_schedule_and_its_report_reproduces_the_verified_ru
         assert torch.equal(sample(fresh, labels, steps=12, seed=5, info=info), report.output)
     with pytest.raises(ValueError, match="policies"):
         dcp.tune(model, call, 2.0, policies=("magic",))
+
+
+def _real(target, bad_filler="none of them"):
+    """A stand-in for a real run's error: how far the computed steps are from ``target``'s, plus a
+    penalty for one filler; counts its calls."""
+    calls = []
+
+    def error(mask, filler):
+        calls.append((tuple(mask), id(filler)))
+        return sum(abs(a - b) for a, b in zip(mask, target)) + (5.0 if filler == bad_filler else 0.0)
+    return error, calls
+
+
+def test_refine_moves_computed_steps_to_the_real_optimum_and_keeps_the_budget():
+    t1, t2 = dcp.TaylorSeerCalibratorConfig(taylorseer_order=1), dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)
+    target = [1, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0]
+    start = [1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0]
+    error, calls = _real(target, bad_filler=t1)
+    got = planner.refine([start], [t1, t2], error)
+    assert got.mask == target and got.error == 0.0 and got.filler is t2
+    assert got.evals == len(set(calls)) == len(calls)  # every (mask, filler) pair runs once
+    assert sum(got.mask) == sum(start) and got.mask[0] == 1
+
+
+def test_refine_stops_at_its_budget_and_starts_from_the_best_start():
+    target = [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+    far, near = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0]
+    error, calls = _real(target)
+    got = planner.refine([far, near], [None], error, max_evals=3)
+    assert len(calls) == 3 and got.evals == 3
+    assert got.error <= 2.0 and got.mask != far  # began from the nearer start (error 2; the far one's is 4)
+    with pytest.raises(ValueError, match="max_evals"):
+        planner.refine([far], [None], error, max_evals=0)

@@ -66,6 +66,9 @@ class LoopState:
     finished: int = 0  # finished generations with at least one record (history keeps MAX_HISTORY)
     warn: Optional[Callable[..., None]] = None  # the session's warn_once(msg, key)
     restarted: bool = False  # an input changed layout: the next decision reports a shape change
+    # skipped whole calls since the last computed one: (step, forecast tensors, anchor step, anchor
+    # tensors), for ``correct_skipped`` (runtime/wholecall.py)
+    pending: list = field(default_factory=list)
 
     MAX_HISTORY = 4
 
@@ -95,7 +98,7 @@ class LoopState:
 
     def _forget(self) -> None:
         self.continuous, self.accumulated = 0, 0.0
-        self.buffers = {}
+        self.buffers, self.pending = {}, []
         self.calibrator = make_calibrator(self.calibrator_config)
 
     def reference_for(self, key: Optional[int], x: torch.Tensor, stream_inputs: list[torch.Tensor]

@@ -9,18 +9,21 @@ reused). A skipped step then costs nothing and the same FLOPs buy more computed 
 One ``LoopState`` per CFG branch under the name ``WHOLE_CALL`` keeps the last output (its
 ``Buffer``: the first output tensor as reference, every output tensor as a residual, the
 output's pytree structure and non-tensor leaves as values) and the calibrator that follows each
-output tensor. Anything that makes the forecast doubtful computes: no stored output for this
+output tensor. ``correct_skipped`` also keeps what each skipped step returned, until the next
+computed step adds their estimated error to its output (``_corrected``). Anything that makes the
+forecast doubtful computes: no stored output for this
 branch in this generation, an input of another layout (the call tracker restarts the branch's
 states), an unplaced call (``unsure``), a non-finite output (never stored).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.utils._pytree as pytree
 
+from .calibrator_base import same_layout
 from .policy import Decision
 
 if TYPE_CHECKING:
@@ -62,11 +65,15 @@ def serve(session: "Session", run: Callable[..., Any], args: tuple, kwargs: dict
         spec, values = buf.values
         tensors = [cal.forecast(k, state.step, None) if cal is not None else t.clone()
                    for k, t in enumerate(buf.residuals)]
+        anchor = next((r.step for r in reversed(state.records) if not r.cached), None)
+        if state.config.correct_skipped and anchor is not None:
+            state.pending.append((state.step, [t.clone() for t in tensors], anchor, buf.residuals))
         state.record(d)
         return pytree.tree_unflatten(_merge(values, tensors), spec)
     out = run(*args, **kwargs)
     leaves, spec = pytree.tree_flatten(out)
     tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
+    pending, state.pending = state.pending, []
     if tensors and session.unsure is None:
         kept = [t.detach().clone() for t in tensors]  # the caller may change its output in place
         values = [None if isinstance(v, torch.Tensor) else v for v in leaves]
@@ -74,8 +81,28 @@ def serve(session: "Session", run: Callable[..., Any], args: tuple, kwargs: dict
         if cal is not None and None in state.buffers:  # finite: the calibrator follows it too
             for k, t in enumerate(kept):
                 cal.update(k, t, state.step)
+        if pending and None in state.buffers:
+            fixed = _corrected(pending, kept, state.step)
+            if fixed is not None:
+                out = pytree.tree_unflatten(_merge(values, fixed), spec)
     state.record(d)
     return out
+
+
+def _corrected(pending: list, outputs: list[torch.Tensor], step: int) -> Optional[list[torch.Tensor]]:
+    """``correct_skipped``: ``outputs`` plus, for each skipped step s since the anchor step a,
+    the interpolation between the outputs at a and at ``step`` minus what s returned. The sampler
+    moved by the forecasts; adding their estimated error here moves it back on its next update.
+    None (no correction) when any tensor changed layout since: when in doubt, the plain output."""
+    fixed = [t.clone() for t in outputs]
+    for s, forecast, a, anchor in pending:
+        if len(forecast) != len(outputs) or len(anchor) != len(outputs) or not all(
+                same_layout(f, t) and same_layout(v, t) for f, v, t in zip(forecast, anchor, outputs)):
+            return None
+        w = (s - a) / (step - a)
+        for acc, f, v, t in zip(fixed, forecast, anchor, outputs):
+            acc.add_(torch.lerp(v, t, w) - f)
+    return fixed
 
 
 def _merge(values: list, tensors: list[torch.Tensor]) -> list:
