@@ -226,11 +226,11 @@ class LoopState:
         last = StepRecord(r.step, r.cached, r.reason, r.diff, list(r.skipped), list(r.diffs)) if r else None
         return (self.step, self.generation, self.finished, dict(self.buffers), self.continuous, self.accumulated,
                 self.records, len(self.records), last, list(self.history), _copy_calibrator(self.calibrator),
-                self.never_cache)
+                self.never_cache, list(self.pending))
 
     def restore(self, snap: tuple) -> None:
         (self.step, self.generation, self.finished, self.buffers, self.continuous, self.accumulated,
-         self.records, n, last, self.history, self.calibrator, self.never_cache) = snap
+         self.records, n, last, self.history, self.calibrator, self.never_cache, self.pending) = snap
         del self.records[n:]
         if last is not None:
             self.records[-1] = last
