@@ -384,6 +384,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--thresholds", type=float, nargs="+", default=None, help=f"sweep (default {list(THRESHOLDS)})")
     p.add_argument("--max-continuous", type=int, nargs="+", default=None,
                    help="max_continuous_cached_steps sweep of the DBCache families (default -1 2 3)")
+    p.add_argument("--call-fractions", type=float, nargs="+", default=None, metavar="F",
+                   help=f"computed steps / steps of the whole-call plans, one point each (default {list(CALL_FRACTIONS)})")
     p.add_argument("--quick", action="store_true", help="2 thresholds, 1 per class, 10 steps, MC -1 only (tests)")
     p.add_argument("--plot-dir", default="benchmarks")
     p.add_argument("--results", nargs="?", const="benchmarks/RESULTS.md", default=None)
@@ -406,6 +408,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[Row]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.call_fractions:  # both whole-call families, at the budgets asked for
+        FAMILIES["planned call"] = _planned_family(True, args.call_fractions)
+        FAMILIES["planned call, refined"] = _planned_family(True, args.call_fractions, refine_evals=REFINE_EVALS)
     all_rows: dict[str, list[Row]] = {}
     for name in args.models:
         spec = MODELS[name](args.per_class, args.eval_seeds, args.cal_seeds)
