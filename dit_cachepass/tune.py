@@ -462,7 +462,8 @@ def run_cli(args: Any) -> int:
     report, acc_ref, acc = tune_digits(args.target, steps=args.steps, per_class=args.per_class, Fn=args.fn, Bn=args.bn,
                                        backend=args.backend, metric=args.metric, seed=args.seed, refine=args.refine,
                                        policies=tuple(dict.fromkeys(["dbcache", *getattr(args, "policies", [])])),
-                                       min_psnr=getattr(args, "min_psnr", None))
+                                       min_psnr=getattr(args, "min_psnr", None),
+                                       plan_evals=getattr(args, "plan_evals", 0))
     print(report)
     print(f"digit accuracy (shipped classifier, {10 * args.per_class} samples): uncached {acc_ref:.0%}, "
           f"tuned {acc:.0%}")

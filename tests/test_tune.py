@@ -112,9 +112,9 @@ def test_cli_tune_arguments(monkeypatch):
     assert cli.main(["tune", "--target", "1.5", "--steps", "12", "--metric", "flops"]) == 0
     a = seen[-1]
     assert (a.target, a.steps, a.metric, a.fn, a.bn, a.backend) == (1.5, 12, "flops", 1, 0, "eager")
-    assert a.min_psnr is None and a.policies == ["dbcache"]
-    assert cli.main(["tune", "--min-psnr", "40", "--policies", "planned", "checked"]) == 0
-    assert seen[-1].min_psnr == 40.0 and seen[-1].policies == ["planned", "checked"]
+    assert a.min_psnr is None and a.policies == ["dbcache"] and a.plan_evals == 0
+    assert cli.main(["tune", "--min-psnr", "40", "--policies", "planned", "checked", "--plan-evals", "12"]) == 0
+    assert seen[-1].min_psnr == 40.0 and seen[-1].policies == ["planned", "checked"] and seen[-1].plan_evals == 12
 
 
 def test_tune_digits_reaches_the_target_and_keeps_accuracy():

@@ -116,6 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tn.add_argument("--min-psnr", type=float, default=None,
                     help="a quality floor (dB) instead of a speed target: the fastest verified run at or above it, "
                          "searched up to --target")
+    tn.add_argument("--plan-evals", type=int, default=0,
+                    help="with --metric flops --policies planned: real runs that refine the whole-call plan (default: 0)")
     tn.set_defaults(func=_tune)
     x = sub.add_parser("explain", help="what the pass would cache in a diffusers transformer class, or why not "
                                        "(a tiny random instance, offline)")
