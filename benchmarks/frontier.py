@@ -117,6 +117,7 @@ class CalibrationContext:
     labels: torch.Tensor
     thresholds: Sequence[float] = THRESHOLDS
     max_continuous: Sequence[int] = (-1, 2, 3)
+    call_fractions: Optional[Sequence[float]] = None  # the whole-call families' budgets (None: theirs)
 
     def generate_one(self, model: torch.nn.Module, seed: int) -> torch.Tensor:
         """One calibration generation, scoped as one generation of the cached ``model``."""
@@ -173,7 +174,8 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
         plan forecasts the call's output (``skip_whole_call``), else the middle of the F1B0 loop.
         ``refine_evals``: then ``planner.refine`` the plans on real cached generations of the
         calibration seeds (their MSE against the uncached ones), the filler chosen by the same
-        runs among TaylorSeer O1 / O2 and DMD, each with and without ``correct_skipped`` (DC)."""
+        runs among ``planner.whole_call_fillers()`` (TaylorSeer O1 / O2 and DMD, each with and
+        without ``correct_skipped``: DC). ``ctx.call_fractions`` replaces a whole-call family's budgets."""
         from dit_cachepass.runtime.wholecall import WHOLE_CALL
         from dit_cachepass.tuning import planner
 
@@ -187,15 +189,15 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
             steps_computation_policy="static", skip_whole_call=whole_call, correct_skipped=correct)
         if refine_evals:
             truth = torch.cat(ctx.generate(spec.load()))  # a never-compiled model: the uncached outputs
-            fillers = {f"{n}{' DC' if dc else ''}": (c, dc) for n, c in
-                       (("T1O1", cals["T1O1"]), ("T1O2", cals["T1O2"]), ("DMD", dcp.DMDCalibratorConfig()))
-                       for dc in ((False, True) if whole_call else (False,))}
+            label = lambda c, dc: ("DMD" if isinstance(c, dcp.DMDCalibratorConfig) else c.strify()) + (  # noqa: E731
+                " DC" if dc else "")
+            fillers = {label(c, dc): (c, dc) for c, dc in planner.whole_call_fillers()}
 
             def error(mask: list[int], filler: tuple) -> float:
                 dcp.compile(model, config(mask, filler[1]), calibrator_config=filler[0], backend="eager")
                 return float(((torch.cat(ctx.generate(model)).float() - truth.float()) ** 2).mean())
         points = []
-        for frac in fractions:
+        for frac in (ctx.call_fractions or fractions) if whole_call else fractions:
             budget = max(2, round(frac * ctx.steps))
             plans = {n: planner.plan_steps(traj, budget, c) for n, c in cals.items()}
             name = min(plans, key=lambda n: plans[n][1])
@@ -277,11 +279,13 @@ def measure(spec: ModelSpec, model: torch.nn.Module, family: str, point: Point, 
 
 def run_frontier(spec: ModelSpec, families: Sequence[str], steps: int = 28, thresholds: Sequence[float] = THRESHOLDS,
                  max_continuous: Sequence[int] = (-1, 2, 3), progress: bool = True,
-                 refs: Optional[list[torch.Tensor]] = None) -> list[Row]:
+                 refs: Optional[list[torch.Tensor]] = None,
+                 call_fractions: Optional[Sequence[float]] = None) -> list[Row]:
     """Every point of every family in ``families`` on ``spec``'s eval seeds; one Row per point."""
     from tqdm import tqdm
 
-    ctx = CalibrationContext(spec, steps, spec.cal_seeds, spec.cal_labels, thresholds, max_continuous)
+    ctx = CalibrationContext(spec, steps, spec.cal_seeds, spec.cal_labels, thresholds, max_continuous,
+                             call_fractions)
     refs = refs if refs is not None else references(spec, steps)
     work = [(f, p) for f in families for p in FAMILIES[f](spec, ctx)]
     model = spec.load()     # one model, recompiled with each point's config
@@ -408,9 +412,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[Row]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.call_fractions:  # both whole-call families, at the budgets asked for
-        FAMILIES["planned call"] = _planned_family(True, args.call_fractions)
-        FAMILIES["planned call, refined"] = _planned_family(True, args.call_fractions, refine_evals=REFINE_EVALS)
     all_rows: dict[str, list[Row]] = {}
     for name in args.models:
         spec = MODELS[name](args.per_class, args.eval_seeds, args.cal_seeds)
@@ -419,7 +420,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[Row]]:
               f"evaluation: seeds {spec.eval_seeds}, labels 0-9 x {args.per_class}; {args.steps} steps")
         refs = references(spec, args.steps)
         ref_acc = spec.accuracy(torch.cat(refs), spec.eval_labels.repeat(len(spec.eval_seeds)))
-        rows = run_frontier(spec, args.families, args.steps, args.thresholds, args.max_continuous, refs=refs)
+        rows = run_frontier(spec, args.families, args.steps, args.thresholds, args.max_continuous, refs=refs,
+                            call_fractions=args.call_fractions)
         all_rows[name] = rows
         text = tables(spec, rows, ref_acc, args.steps)
         if args.plot_dir:

@@ -420,20 +420,17 @@ def _refined_call(calls: list, cfg: DBCacheConfig, install: Callable, generate: 
                   report: TuneReport, evals: int) -> tuple[DBCacheConfig, Optional[CalibratorConfig]]:
     """The whole-call plan ``cfg`` refined by up to ``evals`` real runs (``planner.refine``), from
     the planner's mask for each filler; the error is the output's relative L1 to the uncached one."""
-    from .config import DMDCalibratorConfig, TaylorSeerCalibratorConfig
     from .tuning import planner
 
     computed = sum(cfg.steps_computation_mask)
-    cals = [TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
-            DMDCalibratorConfig()]
-    starts = [planner.plan_steps(calls, computed, c)[0] for c in (None, *cals[:2])]
+    starts = [planner.plan_steps(calls, computed, planner._filler(f))[0] for f in planner.FILLERS]
 
     def error(mask: list[int], filler: tuple) -> float:
         install(cfg.update(steps_computation_mask=mask, correct_skipped=filler[1]), filler[0])
         rel, _ = output_error(generate(), report.reference_output)
         return math.inf if rel is None else rel
 
-    got = planner.refine(starts, [(c, dc) for c in cals for dc in (False, True)], error, max_evals=evals)
+    got = planner.refine(starts, planner.whole_call_fillers(), error, max_evals=evals)
     report.notes.append(f"planned call refined on {got.evals} real runs")
     return cfg.update(steps_computation_mask=got.mask, correct_skipped=got.filler[1]), got.filler[0]
 

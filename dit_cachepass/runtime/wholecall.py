@@ -65,9 +65,10 @@ def serve(session: "Session", run: Callable[..., Any], args: tuple, kwargs: dict
         spec, values = buf.values
         tensors = [cal.forecast(k, state.step, None) if cal is not None else t.clone()
                    for k, t in enumerate(buf.residuals)]
-        anchor = next((r.step for r in reversed(state.records) if not r.cached), None)
-        if state.config.correct_skipped and anchor is not None:
-            state.pending.append((state.step, [t.clone() for t in tensors], anchor, buf.residuals))
+        if state.config.correct_skipped:  # the stored output is the last computed step's
+            anchor = next((r.step for r in reversed(state.records) if not r.cached), None)
+            if anchor is not None:
+                state.pending.append((state.step, [t.clone() for t in tensors], anchor, buf.residuals))
         state.record(d)
         return pytree.tree_unflatten(_merge(values, tensors), spec)
     out = run(*args, **kwargs)

@@ -129,8 +129,8 @@ class Refined(NamedTuple):
     evals: int
 
 
-def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Callable[[list[int], Any], float], moves: Sequence[int] = (-2, -1, 1, 2),
-           max_evals: int = 64) -> Refined:
+def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Callable[[list[int], Any], float],
+           moves: Sequence[int] = (-2, -1, 1, 2), max_evals: int = 64) -> Refined:
     """Refine planned masks on real runs: ``error(mask, filler)`` runs the cached generation and
     returns its output error against the uncached one (the caller's calibration inputs). A
     filler is whatever fills the skipped steps, passed to ``error`` as is: a calibrator config,
@@ -269,6 +269,17 @@ def _filler(spec) -> Optional[CalibratorConfig]:
     from ..config import TaylorSeerCalibratorConfig
 
     return None if spec is None else TaylorSeerCalibratorConfig(taylorseer_order=spec[1])
+
+
+def whole_call_fillers() -> list[tuple[CalibratorConfig, bool]]:
+    """What ``refine`` chooses among to fill a whole-call plan's skipped steps: (calibrator,
+    ``correct_skipped``) for TaylorSeer order 1 / 2 and DMD, each without and with the correction
+    (only a real run tells whether it helps)."""
+    from ..config import DMDCalibratorConfig, TaylorSeerCalibratorConfig
+
+    cals = (TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
+            DMDCalibratorConfig())
+    return [(c, dc) for c in cals for dc in (False, True)]
 
 
 def budget_for(steps: int, target: float, full: float, weight: float) -> int:
