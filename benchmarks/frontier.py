@@ -16,7 +16,10 @@ Calibration and evaluation are kept apart: families that calibrate (planned sche
 ``CalibrationContext`` (calibration seeds 0-3, its own label order); evaluation uses seeds 100+ and
 labels 0-9 repeated ``--per-class`` times. It prints one table per model, each family's Pareto
 points, a summary "best PSNR at >= target speedup" per family (with the margin of any non-cache-dit
-family over the best cache-dit family), and draws ``<plot-dir>/frontier_<model>.png``.
+family over the best cache-dit family), the same comparison at EVERY speedup from 1.5x to 3x (``bands``:
+both sides are step functions, so one row per interval where neither changes; this is where a plan with
+whole budgets falls short between the targets), and draws ``<plot-dir>/frontier_<model>.png``.
+``--merge`` adds the rows of earlier runs' ``--json`` dumps, so long calibrations need not run again.
 
 Run (from the repository root)::
 
@@ -24,6 +27,7 @@ Run (from the repository root)::
     python benchmarks/frontier.py --models digits --families DBCache "DBCache+TaylorSeer O1" --per-class 1
     python benchmarks/frontier.py --quick                           # 2 thresholds, 1 per class, 10 steps
     python benchmarks/frontier.py --results --json /tmp/rows.json   # append to benchmarks/RESULTS.md, dump rows
+    python benchmarks/frontier.py --models digits --families --merge /tmp/a.json /tmp/b.json  # tables of earlier runs
 
 A new family is one more entry: ``FAMILIES["planned"] = fn`` with
 ``fn(spec, ctx) -> list[Point]``; ``run_frontier`` and ``pareto`` are importable for tests/tuning.
@@ -65,6 +69,7 @@ QUICK_THRESHOLDS = (0.12, 0.4)
 GUIDANCE = 3.0
 SSIM_KERNEL = 3
 PLAN_FRACTIONS = (0.6, 0.5, 0.42, 0.36, 0.3, 0.25)  # planned family: computed steps / steps, one point each
+BAR_RANGE = (1.5, 3.0)  # the issue's "every ideal speedup from 1.5x to 3x"
 CALL_FRACTIONS = (0.66, 0.6, 0.5, 0.4, 0.33, 0.28, 0.25)  # planned call: a skipped step costs nothing
 REFINE_EVALS = 60  # planned call, refined: real calibration generations per budget
 
@@ -118,6 +123,7 @@ class CalibrationContext:
     thresholds: Sequence[float] = THRESHOLDS
     max_continuous: Sequence[int] = (-1, 2, 3)
     call_fractions: Optional[Sequence[float]] = None  # the whole-call families' budgets (None: theirs)
+    earlier: Sequence["Row"] = ()  # rows of earlier runs (--merge): a refined family restarts from its plans
 
     def generate_one(self, model: torch.nn.Module, seed: int) -> torch.Tensor:
         """One calibration generation, scoped as one generation of the cached ``model``."""
@@ -175,7 +181,10 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
         ``refine_evals``: then ``planner.refine`` the plans on real cached generations of the
         calibration seeds (their MSE against the uncached ones), the filler chosen by the same
         runs among ``planner.whole_call_fillers()`` (TaylorSeer O1 / O2 and DMD, each with and
-        without ``correct_skipped``: DC). ``ctx.call_fractions`` replaces a whole-call family's budgets."""
+        without ``correct_skipped``: DC). ``ctx.call_fractions`` replaces a whole-call family's budgets.
+        Refined plans of the same family in ``ctx.earlier`` (earlier runs, ``--merge``) at this
+        budget and, through ``planner.neighbour_starts``, at the budgets one above and below are
+        starts too, screened with their own fillers (their calibration runs are the same ones)."""
         from dit_cachepass.runtime.wholecall import WHOLE_CALL
         from dit_cachepass.tuning import planner
 
@@ -203,14 +212,28 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
             name = min(plans, key=lambda n: plans[n][1])
             mask, cal, correct = plans[name][0], cals[name], False
             if refine_evals:
-                got = planner.refine([plans[n][0] for n in plans], list(fillers.values()), error,
-                                     max_evals=refine_evals)
+                starts, screen = [plans[n][0] for n in plans], None
+                earlier = [_plan_of(r) for r in ctx.earlier if r.family == "planned call, refined"]
+                near = [(m, f) for k, m, f in earlier if abs(k - budget) == 1 and len(m) == ctx.steps and f in fillers]
+                same = [(m, f) for k, m, f in earlier if k == budget and len(m) == ctx.steps and f in fillers]
+                if near or same:
+                    starts += [m for m, _ in same] + planner.neighbour_starts([m for m, _ in near], budget)
+                    screen = sorted({list(fillers).index(f) for _, f in near + same})
+                got = planner.refine(starts, list(fillers.values()), error, screen=screen,
+                                     max_evals=refine_evals + (len(starts) * len(screen) if screen else 0))
                 mask, (cal, correct) = got.mask, got.filler
                 name = next(n for n, f in fillers.items() if f is got.filler) + f" R{got.evals}"
             points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)), config(mask, correct),
                            cal))
         return points
     return family
+
+
+def _plan_of(row: "Row") -> tuple[int, list[int], str]:
+    """(computed steps, mask, filler label) of a refined whole-call row, from its label
+    ``planned 11/28 T1O1 DC R60 1101...``."""
+    words = row.label.split()
+    return int(words[1].split("/")[0]), [int(c) for c in words[-1]], " ".join(words[2:-2])
 
 
 FAMILIES: dict[str, Callable[[ModelSpec, CalibrationContext], list[Point]]] = {
@@ -280,12 +303,13 @@ def measure(spec: ModelSpec, model: torch.nn.Module, family: str, point: Point, 
 def run_frontier(spec: ModelSpec, families: Sequence[str], steps: int = 28, thresholds: Sequence[float] = THRESHOLDS,
                  max_continuous: Sequence[int] = (-1, 2, 3), progress: bool = True,
                  refs: Optional[list[torch.Tensor]] = None,
-                 call_fractions: Optional[Sequence[float]] = None) -> list[Row]:
-    """Every point of every family in ``families`` on ``spec``'s eval seeds; one Row per point."""
+                 call_fractions: Optional[Sequence[float]] = None, earlier: Sequence[Row] = ()) -> list[Row]:
+    """Every point of every family in ``families`` on ``spec``'s eval seeds; one Row per point.
+    ``earlier``: rows of earlier runs, which a refined family may start from."""
     from tqdm import tqdm
 
     ctx = CalibrationContext(spec, steps, spec.cal_seeds, spec.cal_labels, thresholds, max_continuous,
-                             call_fractions)
+                             call_fractions, earlier)
     refs = refs if refs is not None else references(spec, steps)
     work = [(f, p) for f in families for p in FAMILIES[f](spec, ctx)]
     model = spec.load()     # one model, recompiled with each point's config
@@ -307,6 +331,41 @@ def best_at(rows: Sequence[Row], target: float, tol: float = 5e-3) -> Optional[R
     """The best-PSNR row at >= ``target`` speedup (``tol``: the tables' rounding, so 1.4999x counts as 1.50x)."""
     ok = [r for r in rows if r.speedup + tol >= target]
     return max(ok, key=lambda r: r.psnr) if ok else None
+
+
+@dataclass
+class Band:
+    """A speedup interval (lo, hi] on which the best row at >= speedup of each side is the same."""
+    lo: float
+    hi: float
+    anchor: Optional[Row]
+    new: Optional[Row]
+
+    @property
+    def margin(self) -> float:
+        if self.anchor is None:
+            return math.inf
+        return -math.inf if self.new is None else self.new.psnr - self.anchor.psnr
+
+
+def bands(anchors: Sequence[Row], new: Sequence[Row], lo: float = 1.5, hi: float = 3.0) -> list[Band]:
+    """The issue's bar read literally: at EVERY speedup x in [lo, hi], the best new row at >= x
+    against the best anchor row at >= x. Both sides are step functions of x that change only at a
+    row's speedup, so the margin is constant between consecutive speedups; one Band per interval
+    where neither side's best row changes (the first band is closed at ``lo``)."""
+    eps = 1e-9
+    cuts = sorted({r.speedup for r in (*anchors, *new) if lo < r.speedup < hi} | {hi})
+    out: list[Band] = []
+    left = lo
+    for x in cuts:
+        a = max((r for r in anchors if r.speedup >= x - eps), key=lambda r: r.psnr, default=None)
+        n = max((r for r in new if r.speedup >= x - eps), key=lambda r: r.psnr, default=None)
+        if out and out[-1].anchor is a and out[-1].new is n:
+            out[-1].hi = x
+        else:
+            out.append(Band(left, x, a, n))
+        left = x
+    return out
 
 
 # ----------------------------------------------------------------------------- output
@@ -345,7 +404,28 @@ def tables(spec: ModelSpec, rows: list[Row], ref_acc: float, steps: int) -> str:
         s.add_row(f"{target:g}x", *(_db(best[f].psnr) if best[f] else "-" for f in fams),
                   _db(anchor.psnr) if anchor else "-", *margins)
     console.print(s)
+    if anchors and new:
+        console.print(_bar_table(spec, [r for r in rows if r.family in anchors], [r for r in rows if r.family in new]))
     return console.export_text()
+
+
+def _bar_table(spec: ModelSpec, anchors: list[Row], new: list[Row], need: float = 3.0):
+    from rich.table import Table
+
+    bs = bands(anchors, new, *BAR_RANGE)
+    low = min(bs, key=lambda b: b.margin)
+    short = [b for b in bs if b.margin < need]
+    t = Table(title=f"{spec.name}: at every speedup x in [{BAR_RANGE[0]:g}, {BAR_RANGE[1]:g}]x, best new row at >= x "
+                    f"vs best cache-dit row at >= x",
+              caption=f"lowest margin {low.margin:+.2f} dB on ({low.lo:.3f}, {low.hi:.3f}]x; "
+                      + (f"{len(short)} band(s) under +{need:g} dB" if short else f"every band >= +{need:g} dB"))
+    for h in ("speedup band", "best cache-dit at >= x", "best new at >= x", "margin"):
+        t.add_column(h, justify="left" if h.startswith("best") else "right")
+    row = lambda r: "-" if r is None else f"{r.psnr:.2f} ({r.family}, {r.speedup:.3f}x)"  # noqa: E731
+    for b in bs:
+        t.add_row(f"({b.lo:.3f}, {b.hi:.3f}]", row(b.anchor), row(b.new),
+                  f"{b.margin:+.2f}" + (" <" if b.margin < need else ""))
+    return t
 
 
 def plot(spec: ModelSpec, rows: list[Row], path: str, steps: int) -> str:
@@ -384,7 +464,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--per-class", type=int, default=4, help="eval labels: 0-9 repeated this many times per seed")
     p.add_argument("--eval-seeds", type=int, nargs="+", default=[100, 101])
     p.add_argument("--cal-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    p.add_argument("--families", nargs="+", default=None, help=f"subset of {list(FAMILIES)} (default: all)")
+    p.add_argument("--families", nargs="*", default=None,
+                   help=f"subset of {list(FAMILIES)} (default: all; none with --merge: tables of the merged rows only)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                   help="rows of earlier runs (their --json) to add to this run's tables and plot; they must have "
+                        "used the same --steps, --per-class and --eval-seeds. A point (family and label) measured "
+                        "again keeps its last measurement: this run's, else the last file's")
     p.add_argument("--thresholds", type=float, nargs="+", default=None, help=f"sweep (default {list(THRESHOLDS)})")
     p.add_argument("--max-continuous", type=int, nargs="+", default=None,
                    help="max_continuous_cached_steps sweep of the DBCache families (default -1 2 3)")
@@ -402,11 +487,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.max_continuous = args.max_continuous or [-1]
     args.thresholds = args.thresholds or list(THRESHOLDS)
     args.max_continuous = args.max_continuous or [-1, 2, 3]
-    args.families = args.families or list(FAMILIES)
+    if args.families is None or (not args.families and not args.merge):
+        args.families = list(FAMILIES)
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
         p.error(f"unknown families {unknown}; known: {list(FAMILIES)}")
     return args
+
+
+def merged_rows(paths: Sequence[str], model: str, steps: int) -> list[Row]:
+    """The rows of ``model`` in earlier runs' ``--json`` dumps (a run's rows stay together, in order)."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            for d in json.load(f).get(model, []):
+                r = Row(**{k: float(v) if isinstance(v, str) and k != "family" and k != "label" else v
+                           for k, v in d.items()})
+                if r.steps != steps:
+                    raise SystemExit(f"--merge {path}: its {model} rows ran {r.steps} steps, this run {steps}; "
+                                     f"merge runs of the same --steps")
+                rows.append(r)
+    return rows
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[Row]]:
@@ -420,9 +521,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, list[Row]]:
               f"evaluation: seeds {spec.eval_seeds}, labels 0-9 x {args.per_class}; {args.steps} steps")
         refs = references(spec, args.steps)
         ref_acc = spec.accuracy(torch.cat(refs), spec.eval_labels.repeat(len(spec.eval_seeds)))
+        earlier = merged_rows(args.merge, name, args.steps)
         rows = run_frontier(spec, args.families, args.steps, args.thresholds, args.max_continuous, refs=refs,
-                            call_fractions=args.call_fractions)
+                            call_fractions=args.call_fractions, earlier=earlier)
         all_rows[name] = rows
+        rows = list({(r.family, r.label): r for r in [*earlier, *rows]}.values())
         text = tables(spec, rows, ref_acc, args.steps)
         if args.plot_dir:
             os.makedirs(args.plot_dir, exist_ok=True)

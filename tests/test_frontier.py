@@ -79,3 +79,40 @@ def test_summary_has_a_margin_column_for_a_new_family(frontier):
     assert "planned - cache-dit" in text
     line_2x = next(l for l in text.splitlines() if l.strip("│ ").startswith("2x"))
     assert "+4.50" in line_2x and "+1.50" in next(l for l in text.splitlines() if l.strip("│ ").startswith("1.5x"))
+
+
+def test_bands_read_the_bar_at_every_speedup_not_only_the_targets(frontier):
+    """A cache-dit point just above one of ours faces our NEXT point: the band between them is
+    where a whole-budget staircase falls short, though every target (1.5x, 2x, ...) passes."""
+    R = frontier.Row
+    anchors = [R("DBCache", "a1", 1.52, 50.0), R("DBCache", "a2", 2.11, 45.0), R("DBCache", "a3", 3.2, 20.0)]
+    new = [R("planned", "n1", 1.56, 54.0), R("planned", "n2", 2.0, 49.0), R("planned", "n3", 2.55, 43.0)]
+    bs = frontier.bands(anchors, new, 1.5, 3.0)
+    got = [(round(b.lo, 2), round(b.hi, 2), b.anchor.label, b.new.label if b.new else None) for b in bs]
+    assert got == [(1.5, 1.52, "a1", "n1"), (1.52, 1.56, "a2", "n1"), (1.56, 2.0, "a2", "n2"),
+                   (2.0, 2.11, "a2", "n3"), (2.11, 2.55, "a3", "n3"), (2.55, 3.0, "a3", None)]
+    assert [b.margin for b in bs] == [4.0, 9.0, 4.0, -2.0, 23.0, -math.inf]
+    # the bands tile [lo, hi] with no gap
+    assert bs[0].lo == 1.5 and bs[-1].hi == 3.0 and all(p.hi == q.lo for p, q in zip(bs, bs[1:]))
+
+
+def test_merge_adds_an_earlier_runs_rows_and_the_bar_table_names_the_short_band(frontier, tmp_path):
+    from types import SimpleNamespace
+
+    R = frontier.Row
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"toy": [
+        {**frontier.asdict(R("DBCache", "a", 2.11, 45.0, steps=10)), "ssim": "nan"}]}))
+    rows = [*frontier.merged_rows([str(earlier)], "toy", 10), R("planned", "n", 2.0, 49.0, steps=10),
+            R("planned", "m", 3.1, 44.0, steps=10)]
+    assert rows[0].family == "DBCache" and math.isnan(rows[0].ssim)
+    spec = SimpleNamespace(name="toy", eval_seeds=[100], eval_labels=torch.arange(10))
+    text = frontier.tables(spec, rows, 1.0, 10)
+    assert "lowest margin -1.00 dB on (2.000, 2.110]x; 1 band(s) under +3 dB" in " ".join(text.split())
+    with pytest.raises(SystemExit, match="same --steps"):
+        frontier.merged_rows([str(earlier)], "toy", 28)
+
+
+def test_a_refined_rows_label_gives_back_its_plan(frontier):
+    row = frontier.Row("planned call, refined", "planned 11/28 T1O1 DC R60 1101001001001001001001001010", 2.55, 45.8)
+    assert frontier._plan_of(row) == (11, [int(c) for c in "1101001001001001001001001010"], "T1O1 DC")

@@ -118,3 +118,22 @@ def test_refine_stops_at_its_budget_and_starts_from_the_best_start():
     assert got.error <= 2.0 and got.mask != far  # began from the nearer start (error 2; the far one's is 4)
     with pytest.raises(ValueError, match="max_evals"):
         planner.refine([far], [None], error, max_evals=0)
+
+
+def test_neighbour_starts_drop_or_add_one_step_and_never_step_0():
+    up, down = [1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 0, 0]
+    got = planner.neighbour_starts([up, down, [1, 1, 1, 1, 1, 1]], 3)  # the all-ones mask is 3 away: no start
+    assert sorted(map(tuple, got)) == sorted({(1, 0, 0, 1, 0, 1), (1, 1, 0, 0, 0, 1), (1, 1, 0, 1, 0, 0),
+                                              (1, 1, 0, 1, 0, 0), (1, 0, 1, 1, 0, 0), (1, 0, 0, 1, 1, 0),
+                                              (1, 0, 0, 1, 0, 1)})
+    assert all(m[0] == 1 and sum(m) == 3 for m in got) and len(got) == len({tuple(m) for m in got})
+
+
+def test_refine_screens_many_starts_with_some_fillers_and_still_chooses_among_all_at_the_end():
+    t1, t2 = dcp.TaylorSeerCalibratorConfig(taylorseer_order=1), dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)
+    target = [1, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0]
+    starts = planner.neighbour_starts([[1, 0, 0, 1, 0, 0, 0, 1, 0, 1, 1, 0]], 4)
+    error, calls = _real(target, bad_filler=t2)
+    got = planner.refine(starts, [t1, t2], error, screen=[1])
+    assert [f for _, f in calls[:len(starts)]] == [id(t2)] * len(starts)  # the starts were scored with t2 only
+    assert got.mask == target and got.filler is t1 and got.error == 0.0  # the final choice sees every filler

@@ -130,7 +130,8 @@ class Refined(NamedTuple):
 
 
 def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Callable[[list[int], Any], float],
-           moves: Sequence[int] = (-2, -1, 1, 2), max_evals: int = 64) -> Refined:
+           moves: Sequence[int] = (-2, -1, 1, 2), max_evals: int = 64,
+           screen: Optional[Sequence[int]] = None) -> Refined:
     """Refine planned masks on real runs: ``error(mask, filler)`` runs the cached generation and
     returns its output error against the uncached one (the caller's calibration inputs). A
     filler is whatever fills the skipped steps, passed to ``error`` as is: a calibrator config,
@@ -143,7 +144,12 @@ def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Calla
     the real error decides: every (start, filler) pair is scored, then from the best one each
     computed step is moved by ``moves`` (first improvement, the filler fixed), until no move
     helps or ``max_evals`` runs are spent; the fillers are scored once more on the final mask.
-    Step 0 stays computed and the number of computed steps never changes."""
+    Step 0 stays computed and the number of computed steps never changes. ``screen``: score the
+    starts with only these fillers (indices), for many starts (``neighbour_starts``).
+
+    The search is local, and the planner's starts can sit in a poor basin: on the digits model
+    the 11/28 plan converged at 45.8 dB from them and reached 48.6 from a start made of the
+    refined 10/28 plan plus one step."""
     if not starts or not fillers:
         raise ValueError("refine needs at least one start mask and one filler")
     if max_evals < 1:
@@ -159,7 +165,8 @@ def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Calla
             seen[key] = e if math.isfinite(e) else math.inf
         return seen[key]
 
-    pairs = [(list(m), f) for m in {tuple(m): None for m in starts} for f in range(len(fillers))]
+    pairs = [(list(m), f) for m in {tuple(m): None for m in starts}
+             for f in (range(len(fillers)) if screen is None else screen)]
     mask, filler = min(pairs, key=lambda p: score(*p))
     best, n = score(mask, filler), len(mask)
     since = 0  # computed steps tried since the last improvement: a full pass without one ends it
@@ -176,6 +183,24 @@ def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Calla
                     break
     filler = min(range(len(fillers)), key=lambda f: score(mask, f))
     return Refined(mask, fillers[filler], score(mask, filler), len(seen))
+
+
+def neighbour_starts(masks: Sequence[Sequence[int]], computed: int) -> list[list[int]]:
+    """Starts for ``refine`` at ``computed`` steps from plans of the neighbouring budgets: each
+    mask with one computed step more loses one (never step 0), each with one fewer gains one.
+    Plans of neighbouring budgets found by real runs share most of their steps, so they are
+    better starts than the planner's replayed-proxy masks (see ``refine``)."""
+    out: dict[tuple, None] = {}
+    for mask in masks:
+        diff = sum(mask) - computed
+        if diff not in (-1, 1):
+            continue
+        for i in range(1, len(mask)):
+            if mask[i] == (1 if diff == 1 else 0):
+                trial = list(mask)
+                trial[i] = 1 - trial[i]
+                out[tuple(trial)] = None
+    return [list(m) for m in out]
 
 
 class TrajectoryRecorder:
