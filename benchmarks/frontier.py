@@ -180,8 +180,8 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
         plan forecasts the call's output (``skip_whole_call``), else the middle of the F1B0 loop.
         ``refine_evals``: then ``planner.refine`` the plans on real cached generations of the
         calibration seeds (their MSE against the uncached ones), the filler chosen by the same
-        runs among ``planner.whole_call_fillers()`` (TaylorSeer O1 / O2 and DMD, each with and
-        without ``correct_skipped``: DC). ``ctx.call_fractions`` replaces a whole-call family's budgets.
+        runs among ``planner.whole_call_fillers()`` (TaylorSeer O1 / O2 and DMD, each without
+        ``correct_skipped``, with it (DC) and with it weighted (DC0.5)). ``ctx.call_fractions`` replaces a whole-call family's budgets.
         Refined plans of the same family in ``ctx.earlier`` (earlier runs, ``--merge``) at this
         budget and, through ``planner.neighbour_starts``, at the budgets one above and below are
         starts too, screened with their own fillers (their calibration runs are the same ones)."""
@@ -193,14 +193,12 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
         traj = [t for n, t in trajs.items() if n.startswith(WHOLE_CALL) == whole_call]
         cals = {"reuse": None, "T1O1": dcp.TaylorSeerCalibratorConfig(taylorseer_order=1),
                 "T1O2": dcp.TaylorSeerCalibratorConfig(taylorseer_order=2)}
-        config = lambda mask, correct=False: dcp.DBCacheConfig(  # noqa: E731
+        config = lambda mask, fix=None: dcp.DBCacheConfig(  # noqa: E731
             Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=0, steps_computation_mask=list(mask),
-            steps_computation_policy="static", skip_whole_call=whole_call, correct_skipped=correct)
+            steps_computation_policy="static", skip_whole_call=whole_call, **(fix or {}))
         if refine_evals:
             truth = torch.cat(ctx.generate(spec.load()))  # a never-compiled model: the uncached outputs
-            label = lambda c, dc: ("DMD" if isinstance(c, dcp.DMDCalibratorConfig) else c.strify()) + (  # noqa: E731
-                " DC" if dc else "")
-            fillers = {label(c, dc): (c, dc) for c, dc in planner.whole_call_fillers()}
+            fillers = {_filler_label(c, fix): (c, fix) for c, fix in planner.whole_call_fillers()}
 
             def error(mask: list[int], filler: tuple) -> float:
                 dcp.compile(model, config(mask, filler[1]), calibrator_config=filler[0], backend="eager")
@@ -210,7 +208,7 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
             budget = max(2, round(frac * ctx.steps))
             plans = {n: planner.plan_steps(traj, budget, c) for n, c in cals.items()}
             name = min(plans, key=lambda n: plans[n][1])
-            mask, cal, correct = plans[name][0], cals[name], False
+            mask, cal, fix = plans[name][0], cals[name], {}
             if refine_evals:
                 starts, screen = [plans[n][0] for n in plans], None
                 earlier = [_plan_of(r) for r in ctx.earlier if r.family == "planned call, refined"]
@@ -218,15 +216,25 @@ def _planned_family(whole_call: bool, fractions: Sequence[float], refine_evals: 
                 same = [(m, f) for k, m, f in earlier if k == budget and len(m) == ctx.steps and f in fillers]
                 if near or same:
                     starts += [m for m, _ in same] + planner.neighbour_starts([m for m, _ in near], budget)
-                    screen = sorted({list(fillers).index(f) for _, f in near + same})
+                    # each earlier plan's filler, and its calibrator with the weighted correction
+                    tried = {f for _, f in near + same} | {f.split(" DC")[0] + " DC0.5" for _, f in near + same}
+                    screen = sorted(list(fillers).index(f) for f in tried)
                 got = planner.refine(starts, list(fillers.values()), error, screen=screen,
                                      max_evals=refine_evals + (len(starts) * len(screen) if screen else 0))
-                mask, (cal, correct) = got.mask, got.filler
+                mask, (cal, fix) = got.mask, got.filler
                 name = next(n for n, f in fillers.items() if f is got.filler) + f" R{got.evals}"
-            points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)), config(mask, correct),
+            points.append((f"planned {budget}/{ctx.steps} {name} " + "".join(map(str, mask)), config(mask, fix),
                            cal))
         return points
     return family
+
+
+def _filler_label(calibrator: CalibratorConfig, fix: dict) -> str:
+    """``T1O1``, ``DMD DC`` (``correct_skipped``), ``T1O2 DC0.5`` (``correct_skipped_power=0.5``)."""
+    name = "DMD" if isinstance(calibrator, dcp.DMDCalibratorConfig) else calibrator.strify()
+    if fix.get("correct_skipped"):
+        name += " DC" + (f"{fix['correct_skipped_power']:g}" if fix.get("correct_skipped_power") else "")
+    return name
 
 
 def _plan_of(row: "Row") -> tuple[int, list[int], str]:

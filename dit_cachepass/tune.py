@@ -91,7 +91,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     nothing, so the plan computes more steps for the same FLOPs; it is verified with and without
     ``correct_skipped``. ``plan_evals``: up to this many more cached runs of ``call`` refine that
     plan (``planner.refine``: the real output error picks the mask and its filler: TaylorSeer
-    order 1 / 2 or DMD, with and without ``correct_skipped``); its result is one more candidate.
+    order 1 / 2 or DMD, with and without ``correct_skipped``, ``planner.whole_call_fillers``); its
+    result is one more candidate.
 
     ``min_psnr``: a quality floor instead of a speed target: the fastest verified run whose
     output PSNR against the uncached one is at least ``min_psnr`` dB, searched by bisection over
@@ -426,13 +427,13 @@ def _refined_call(calls: list, cfg: DBCacheConfig, install: Callable, generate: 
     starts = [planner.plan_steps(calls, computed, planner._filler(f))[0] for f in planner.FILLERS]
 
     def error(mask: list[int], filler: tuple) -> float:
-        install(cfg.update(steps_computation_mask=mask, correct_skipped=filler[1]), filler[0])
+        install(cfg.update(steps_computation_mask=mask, **filler[1]), filler[0])
         rel, _ = output_error(generate(), report.reference_output)
         return math.inf if rel is None else rel
 
     got = planner.refine(starts, planner.whole_call_fillers(), error, max_evals=evals)
     report.notes.append(f"planned call refined on {got.evals} real runs")
-    return cfg.update(steps_computation_mask=got.mask, correct_skipped=got.filler[1]), got.filler[0]
+    return cfg.update(steps_computation_mask=got.mask, **got.filler[1]), got.filler[0]
 
 
 def tune_digits(target_speedup: float = 2.0, steps: int = 20, per_class: int = 1, Fn: int = 1, Bn: int = 0,

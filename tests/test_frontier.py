@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("torchmetrics")
 
+import dit_cachepass as dcp  # noqa: E402
 from dit_cachepass import demo_model as dm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not dm.WEIGHTS_PATH.exists(), reason="digits_dit.safetensors not shipped")
@@ -116,3 +117,17 @@ def test_merge_adds_an_earlier_runs_rows_and_the_bar_table_names_the_short_band(
 def test_a_refined_rows_label_gives_back_its_plan(frontier):
     row = frontier.Row("planned call, refined", "planned 11/28 T1O1 DC R60 1101001001001001001001001010", 2.55, 45.8)
     assert frontier._plan_of(row) == (11, [int(c) for c in "1101001001001001001001001010"], "T1O1 DC")
+
+
+def test_every_whole_call_filler_has_its_own_label_and_a_valid_config(frontier):
+    """Restarts find an earlier plan's filler by its label, so labels must be unique, and each
+    filler's correction fields must make a valid whole-call config."""
+    from dit_cachepass.tuning import planner
+
+    fillers = planner.whole_call_fillers()
+    labels = [frontier._filler_label(c, fix) for c, fix in fillers]
+    assert len(set(labels)) == len(labels) == 9
+    assert {"T1O1", "T1O1 DC", "T1O1 DC0.5", "DMD DC0.5"} <= set(labels)
+    for _, fix in fillers:
+        cfg = dcp.DBCacheConfig(steps_computation_mask=[1, 0, 1], skip_whole_call=True, **fix)
+        assert cfg.correct_skipped_power == fix.get("correct_skipped_power", 0.0)

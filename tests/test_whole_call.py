@@ -40,11 +40,11 @@ class _Reference(torch.nn.Module):
     """The written-out rule: call the model on the mask's 1s, else forecast its output with a
     fresh calibrator of the same config (or reuse the last output). ``correct``: a computed step
     after skipped ones also returns, per skipped step s, the line between the computed outputs
-    around it at s minus what s returned."""
+    around it at s minus what s returned, times ``w ** power`` (w: how far across the gap s is)."""
 
-    def __init__(self, model, mask, calibrator, correct=False):
+    def __init__(self, model, mask, calibrator, correct=False, power=0.0):
         super().__init__()
-        self.model, self.mask, self.k, self.correct = model, mask, 0, correct
+        self.model, self.mask, self.k, self.correct, self.power = model, mask, 0, correct, power
         self.cal = make_calibrator(dataclasses.replace(calibrator, enable_calibrator=True)) if calibrator else None
         self.last, self.last_step, self.skipped = None, None, []
 
@@ -52,7 +52,8 @@ class _Reference(torch.nn.Module):
         k, self.k = self.k, self.k + 1
         if k == 0 or self.mask[k]:
             out = self.model(**kw)[0]
-            fix = sum((self.last + (s - self.last_step) / (k - self.last_step) * (out - self.last) - f
+            w = {s: (s - self.last_step) / (k - self.last_step) for s, _ in self.skipped}
+            fix = sum((w[s] ** self.power * (self.last + w[s] * (out - self.last) - f)
                        for s, f in self.skipped), torch.zeros_like(out)) if self.correct else 0
             self.last, self.last_step, self.skipped = out, k, []
             if self.cal is not None:
@@ -85,14 +86,19 @@ def test_skipped_calls_return_the_forecast_of_the_output_and_save_the_whole_call
     assert s.ideal_speedup == pytest.approx(STEPS / sum(MASK))  # a skipped call executes nothing
 
 
-@pytest.mark.parametrize("calibrator", [None, dcp.TaylorSeerCalibratorConfig(taylorseer_order=1)], ids=["reuse", "T1O1"])
-def test_correct_skipped_adds_the_skipped_steps_error_to_the_next_computed_output(digits, calibrator):
+@pytest.mark.parametrize("calibrator,power", [(None, 0.0), (dcp.TaylorSeerCalibratorConfig(taylorseer_order=1), 0.0),
+                                              (dcp.TaylorSeerCalibratorConfig(taylorseer_order=2), 0.5)],
+                         ids=["reuse", "T1O1", "T1O2-power0.5"])
+def test_correct_skipped_adds_the_skipped_steps_error_to_the_next_computed_output(digits, calibrator, power):
     model, info = digits
     labels = torch.arange(4)
     with torch.no_grad():
-        expected = sample(_Reference(model, MASK, calibrator, correct=True), labels, steps=STEPS, seed=3, info=info)
+        expected = sample(_Reference(model, MASK, calibrator, correct=True, power=power), labels, steps=STEPS, seed=3,
+                          info=info)
         plain = sample(_Reference(model, MASK, calibrator), labels, steps=STEPS, seed=3, info=info)
-    dcp.compile(model, _config(correct_skipped=True), calibrator_config=calibrator, backend="eager")
+        unweighted = sample(_Reference(model, MASK, calibrator, correct=True), labels, steps=STEPS, seed=3, info=info)
+    dcp.compile(model, _config(correct_skipped=True, correct_skipped_power=power), calibrator_config=calibrator,
+                backend="eager")
     try:
         with dcp.generation(model):
             got = sample(model, labels, steps=STEPS, seed=3, info=info)
@@ -101,6 +107,8 @@ def test_correct_skipped_adds_the_skipped_steps_error_to_the_next_computed_outpu
         dcp.disable(model)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert (got - plain).abs().max() > 1e-3  # the correction changed the images
+    if power:  # and its weight did: the mask has a gap of 2, where w < 1 at both skipped steps
+        assert (got - unweighted).abs().max() > 1e-3
 
 
 def test_correct_skipped_brings_an_euler_sampler_back_towards_the_uncached_images(digits):
@@ -184,6 +192,11 @@ def test_config_asks_for_a_mask_and_refuses_a_checked_forecast():
     with pytest.raises(ValueError, match="correct_skipped=True is invalid.*skip_whole_call"):
         dcp.DBCacheConfig(steps_computation_mask=[1, 0], correct_skipped=True)
     assert _config([1, 0], correct_skipped=True).strify().endswith("_WC_DC")
+    assert _config([1, 0], correct_skipped=True, correct_skipped_power=0.5).strify().endswith("_WC_DC0.5")
+    with pytest.raises(ValueError, match="correct_skipped_power=0.5 is invalid.*correct_skipped=True"):
+        _config([1, 0], correct_skipped_power=0.5)
+    with pytest.raises(ValueError, match="correct_skipped_power=-1 is invalid.*>= 0"):
+        _config([1, 0], correct_skipped=True, correct_skipped_power=-1)
     with pytest.raises(ValueError, match="forecast_check=True is invalid.*skip_whole_call"):
         dcp.DBCacheConfig(skip_whole_call=True, steps_computation_mask=[1, 0], forecast_check=True)
     assert dcp.DBCacheConfig(skip_whole_call=True, steps_computation_mask=[1, 0]).strify().endswith("_WC")

@@ -83,17 +83,19 @@ def serve(session: "Session", run: Callable[..., Any], args: tuple, kwargs: dict
             for k, t in enumerate(kept):
                 cal.update(k, t, state.step)
         if pending and None in state.buffers:
-            fixed = _corrected(pending, kept, state.step)
+            fixed = _corrected(pending, kept, state.step, state.config.correct_skipped_power)
             if fixed is not None:
                 out = pytree.tree_unflatten(_merge(values, fixed), spec)
     state.record(d)
     return out
 
 
-def _corrected(pending: list, outputs: list[torch.Tensor], step: int) -> Optional[list[torch.Tensor]]:
+def _corrected(pending: list, outputs: list[torch.Tensor], step: int,
+               power: float = 0.0) -> Optional[list[torch.Tensor]]:
     """``correct_skipped``: ``outputs`` plus, for each skipped step s since the anchor step a,
-    the interpolation between the outputs at a and at ``step`` minus what s returned. The sampler
-    moved by the forecasts; adding their estimated error here moves it back on its next update.
+    ``w ** power`` times the interpolation between the outputs at a and at ``step`` minus what s
+    returned, ``w = (s - a) / (step - a)``. The sampler moved by the forecasts; adding their
+    estimated error here moves it back on its next update.
     None (no correction) when any tensor changed layout since: when in doubt, the plain output."""
     fixed = [t.clone() for t in outputs]
     for s, forecast, a, anchor in pending:
@@ -102,7 +104,7 @@ def _corrected(pending: list, outputs: list[torch.Tensor], step: int) -> Optiona
             return None
         w = (s - a) / (step - a)
         for acc, f, v, t in zip(fixed, forecast, anchor, outputs):
-            acc.add_(torch.lerp(v, t, w) - f)
+            acc.add_(torch.lerp(v, t, w) - f, alpha=w ** power)
     return fixed
 
 

@@ -135,7 +135,7 @@ def refine(starts: Sequence[Sequence[int]], fillers: Sequence[Any], error: Calla
     """Refine planned masks on real runs: ``error(mask, filler)`` runs the cached generation and
     returns its output error against the uncached one (the caller's calibration inputs). A
     filler is whatever fills the skipped steps, passed to ``error`` as is: a calibrator config,
-    or e.g. (calibrator config, ``correct_skipped``).
+    or e.g. (calibrator config, correction fields) as ``whole_call_fillers`` gives.
 
     Why: the path error replays forecasts on the observed trajectory, where every skipped step's
     error stays; in a real run a computed step after a skip sees the drifted input and partly
@@ -296,15 +296,18 @@ def _filler(spec) -> Optional[CalibratorConfig]:
     return None if spec is None else TaylorSeerCalibratorConfig(taylorseer_order=spec[1])
 
 
-def whole_call_fillers() -> list[tuple[CalibratorConfig, bool]]:
-    """What ``refine`` chooses among to fill a whole-call plan's skipped steps: (calibrator,
-    ``correct_skipped``) for TaylorSeer order 1 / 2 and DMD, each without and with the correction
-    (only a real run tells whether it helps)."""
+def whole_call_fillers() -> list[tuple[CalibratorConfig, dict]]:
+    """What ``refine`` chooses among to fill a whole-call plan's skipped steps: (calibrator, the
+    correction's config fields) for TaylorSeer order 1 / 2 and DMD, each without the deferred
+    correction, with it, and with it leaning on the forecast early in a gap
+    (``correct_skipped_power=0.5``). Only a real run tells which helps: the correction pays on
+    isolated skips, the weighted one on gaps of 2-4 steps."""
     from ..config import DMDCalibratorConfig, TaylorSeerCalibratorConfig
 
     cals = (TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
             DMDCalibratorConfig())
-    return [(c, dc) for c in cals for dc in (False, True)]
+    corrections = ({}, {"correct_skipped": True}, {"correct_skipped": True, "correct_skipped_power": 0.5})
+    return [(c, dict(fix)) for c in cals for fix in corrections]
 
 
 def budget_for(steps: int, target: float, full: float, weight: float) -> int:
