@@ -88,8 +88,8 @@ def tune(pipe_or_module: Any, call: Callable[[], Any], target_speedup: float = 2
     pipeline with one): its loops and CFG branches share the mask / config. With
     ``metric="flops"``, "planned" also tries skipping the WHOLE call on the planned steps
     (``skip_whole_call=True``, ``report.policy == "planned call"``): a skipped step then costs
-    nothing, so the plan computes more steps for the same FLOPs; it is verified with and without
-    ``correct_skipped``. ``plan_evals``: up to this many more cached runs of ``call`` refine that
+    nothing, so the plan computes more steps for the same FLOPs; it is verified without
+    ``correct_skipped``, with it and with ``correct_skipped_power=0.5``. ``plan_evals``: up to this many more cached runs of ``call`` refine that
     plan (``planner.refine``: the real output error picks the mask and its filler: TaylorSeer
     order 1 / 2 or DMD, with and without ``correct_skipped``, ``planner.whole_call_fillers``); its
     result is one more candidate.
@@ -376,9 +376,10 @@ def _try_policies(report: TuneReport, policies: Sequence[str], pipe_or_module: A
             mask, cal, _ = planner.plan(calls, planner.budget_for(n, report.target_speedup, full, full / n))
             call_cfg = base.update(steps_computation_mask=mask, max_warmup_steps=0, steps_computation_policy="static",
                                    skip_whole_call=True)
-            # with and without the deferred correction: it helps Euler samplers on most plans, not
-            # all, and hurts multistep ones; only a verified run can tell
-            proposals += [("planned call", call_cfg, cal), ("planned call", call_cfg.update(correct_skipped=True), cal)]
+            # without the deferred correction, with it, and with it weighted towards the forecast
+            # early in a gap: it helps Euler samplers on most plans, not all, and hurts multistep
+            # ones; only a verified run can tell
+            proposals += [("planned call", call_cfg.update(**fix), cal) for fix in planner.CORRECTIONS]
             if plan_evals:
                 proposals.append(("planned call", *_refined_call(calls, call_cfg, install, generate, report,
                                                                  plan_evals)))

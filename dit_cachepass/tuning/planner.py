@@ -296,6 +296,11 @@ def _filler(spec) -> Optional[CalibratorConfig]:
     return None if spec is None else TaylorSeerCalibratorConfig(taylorseer_order=spec[1])
 
 
+#: the deferred corrections a whole-call plan is tried with (config fields): none, the
+#: interpolation, and the interpolation weighted towards the forecast early in a gap
+CORRECTIONS: tuple[dict, ...] = ({}, {"correct_skipped": True}, {"correct_skipped": True, "correct_skipped_power": 0.5})
+
+
 def whole_call_fillers() -> list[tuple[CalibratorConfig, dict]]:
     """What ``refine`` chooses among to fill a whole-call plan's skipped steps: (calibrator, the
     correction's config fields) for TaylorSeer order 1 / 2 and DMD, each without the deferred
@@ -306,8 +311,7 @@ def whole_call_fillers() -> list[tuple[CalibratorConfig, dict]]:
 
     cals = (TaylorSeerCalibratorConfig(taylorseer_order=1), TaylorSeerCalibratorConfig(taylorseer_order=2),
             DMDCalibratorConfig())
-    corrections = ({}, {"correct_skipped": True}, {"correct_skipped": True, "correct_skipped_power": 0.5})
-    return [(c, dict(fix)) for c in cals for fix in corrections]
+    return [(c, dict(fix)) for c in cals for fix in CORRECTIONS]
 
 
 def budget_for(steps: int, target: float, full: float, weight: float) -> int:
