@@ -131,3 +131,14 @@ def test_every_whole_call_filler_has_its_own_label_and_a_valid_config(frontier):
     for _, fix in fillers:
         cfg = dcp.DBCacheConfig(steps_computation_mask=[1, 0, 1], skip_whole_call=True, **fix)
         assert cfg.correct_skipped_power == fix.get("correct_skipped_power", 0.0)
+
+
+def test_merged_refined_runs_keep_the_last_plan_per_budget_not_the_best_on_the_held_out_seeds(frontier):
+    R = frontier.Row
+    rows = [R("planned call, refined", "planned 9/28 T1O1 DC R60 1100", 3.11, 43.2),
+            R("planned call, refined", "planned 10/28 T1O1 DC R60 1110", 2.8, 45.8),
+            R("DBCache", "F1B0 R0.2", 2.0, 40.0),
+            R("planned call, refined", "planned 9/28 T1O1 DC0.5 R285 1010", 3.11, 45.0),
+            R("planned call, refined", "planned 10/28 DMD DC R90 1101", 2.8, 45.5)]
+    got = [r.label for r in frontier.latest_refined(rows)]
+    assert got == ["F1B0 R0.2", "planned 9/28 T1O1 DC0.5 R285 1010", "planned 10/28 DMD DC R90 1101"]
