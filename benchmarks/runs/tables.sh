@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The frontier tables, plots and per-speedup bar check of every saved run, measuring nothing but
+# the uncached references. Files go in run order: for each budget the last refined run wins
+# (`frontier.latest_refined`), and a later run restarted from the earlier ones' plans.
+# Usage: bash benchmarks/runs/tables.sh [extra frontier.py args, e.g. --results]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=benchmarks/runs
+files=("$R/anchors.json" "$R/clips_4seeds.json" "$R"/digits_8seeds_1*.json "$R"/digits_8seeds_restart_*.json
+       "$R"/digits_8seeds_restart2_*.json "$R"/digits_8seeds_dc05_*.json)
+exec "${PYTHON:-python}" benchmarks/frontier.py --models digits clips --per-class 2 --steps 28 --families \
+    --merge "${files[@]}" --plot-dir benchmarks "$@"
